@@ -1,0 +1,79 @@
+"""The Backend protocol and the registry of backends, imported lazily by name.
+
+A backend takes a whole stage batch at once and decides how to run it
+(micro-batches for transformers, continuous batching for vLLM, concurrent
+requests for an API), so the engine never loops over single examples.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+Message = dict  # {"role": "user" | "assistant" | "system", "content": str}
+Conversation = list[Message]
+# Called with the units just finished: conversations for chat, (conversation,
+# choice) pairs for choice_logprobs.
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # >1 discourages loops, which small models fall into greedily
+    seed: int | None = None  # per call; ignored when greedy
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def key(self) -> dict:
+        """What the output depends on: greedy calls share cache entries whatever the seed."""
+        d = asdict(self)
+        if self.greedy:
+            d.update(temperature=0.0, top_p=1.0, seed=None)
+        return d
+
+
+@runtime_checkable
+class Backend(Protocol):
+    identity: str  # model id + content hash or revision, for cache keys and provenance
+    supports_logprobs: bool
+
+    def chat(
+        self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
+        progress: Progress | None = None,
+    ) -> list[str]:
+        """One completion per conversation (sampling given per conversation)."""
+
+    def choice_logprobs(
+        self, conversations: Sequence[Conversation], choices: Sequence[str],
+        progress: Progress | None = None,
+    ) -> list[list[float]]:
+        """Log-probability of each choice as the start of the assistant's reply."""
+
+
+# name -> "module:Class"; modules import heavy libraries, so load on demand.
+REGISTRY = {
+    "transformers": ("cai.backends.hf", "TransformersBackend", None),
+    "scripted": ("cai.backends.scripted", "ScriptedBackend", None),
+}
+
+
+class BackendUnavailable(RuntimeError):
+    pass
+
+
+def create(name: str, **options) -> Backend:
+    if name not in REGISTRY:
+        raise BackendUnavailable(f"unknown backend {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    module, cls, extra = REGISTRY[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        hint = f": pip install 'cai[{extra}]'" if extra else ""
+        raise BackendUnavailable(f"backend {name!r} needs {exc.name}{hint}") from exc
+    return getattr(mod, cls)(**options)

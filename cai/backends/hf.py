@@ -1,0 +1,119 @@
+"""In-process transformers backend: the CPU default, and any local or hub checkpoint.
+
+Throughput on CPU comes from batching: conversations are sorted by length so
+each micro-batch wastes little padding, padded on the left so every row's
+generation starts at the same position, and run under inference_mode.
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+from typing import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cai import models
+from cai.backends import Conversation, Progress, Sampling
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TransformersBackend:
+    supports_logprobs = True
+
+    def __init__(self, model: str | None = None, batch_size: int = 16, device: str | None = None,
+                 dtype: str = "float32", max_input_tokens: int = 4096):
+        ref = models.resolve(model)
+        self.identity = ref.identity
+        self.batch_size = max(1, batch_size)
+        self.max_input_tokens = max_input_tokens
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=ref.revision)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            ref.path, revision=ref.revision, dtype=DTYPES[dtype]
+        ).to(self.device).eval()
+
+    def _encode(self, conversation: Conversation) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        # Keep the end of an over-long conversation: the latest request matters most.
+        return list(ids)[-self.max_input_tokens:]
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return ids, mask
+
+    @torch.inference_mode()
+    def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
+             progress: Progress | None = None) -> list[str]:
+        encoded = [self._encode(c) for c in conversations]
+        out: list[str] = [""] * len(encoded)
+
+        def settings(i: int) -> tuple:
+            s = sampling[i]
+            return (s.max_new_tokens, s.greedy, s.temperature, s.top_p, s.repetition_penalty)
+
+        # generate() takes one set of settings per call: group by them, then by length.
+        order = sorted(range(len(encoded)), key=lambda i: (settings(i), len(encoded[i])))
+        for _, group in groupby(order, key=settings):
+            group = list(group)
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start:start + self.batch_size]
+                for i, text in zip(chunk, self._generate([encoded[i] for i in chunk],
+                                                         [sampling[i] for i in chunk])):
+                    out[i] = text
+                if progress:
+                    progress(len(chunk))
+        return out
+
+    def _generate(self, rows: list[list[int]], sampling: list[Sampling]) -> list[str]:
+        ids, mask = self._pad(rows)
+        s = sampling[0]
+        kwargs = dict(max_new_tokens=s.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                      eos_token_id=self.tokenizer.eos_token_id,
+                      repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None)
+        if s.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            # One generator per micro-batch: reproducible for the same batch, which the
+            # call cache then pins, since it stores the sample under its seed.
+            torch.manual_seed(hash(tuple(x.seed or 0 for x in sampling)) & 0x7FFFFFFF)
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=None)
+        generated = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        new = generated[:, ids.shape[1]:]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    @torch.inference_mode()
+    def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
+                        progress: Progress | None = None) -> list[list[float]]:
+        choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+        pairs = [(ci, k) for ci in range(len(conversations)) for k in range(len(choices))]
+        prefixes = [self._encode(c) for c in conversations]
+        scores = [[0.0] * len(choices) for _ in conversations]
+        order = sorted(pairs, key=lambda p: len(prefixes[p[0]]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            rows = [prefixes[ci] + choice_ids[k] for ci, k in chunk]
+            ids, mask = self._pad(rows)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)
+            width = ids.shape[1]
+            for row, (ci, k) in enumerate(chunk):
+                n = len(choice_ids[k])
+                # The token at position t is predicted by the logits at t - 1.
+                positions = torch.arange(width - n, width, device=ids.device)
+                targets = ids[row, width - n:]
+                scores[ci][k] = float(logp[row, positions - 1, targets].sum())
+            if progress:
+                progress(len(chunk))
+        return scores

@@ -1,0 +1,87 @@
+"""The content-addressed call cache: every model call, keyed by everything it depends on.
+
+SQLite in WAL mode gives crash-safe commits and lets a reader (another run
+sharing the cache) proceed while a writer commits. Keys are sha256 over the
+canonical JSON of (model identity, call kind, messages, settings), so editing
+one principle invalidates only the calls whose messages contain it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    model TEXT NOT NULL,
+    created REAL NOT NULL
+) WITHOUT ROWID
+"""
+_BATCH = 500  # stays under SQLite's bound-parameter limit
+
+
+def call_key(model: str, kind: str, messages: list, settings: dict) -> str:
+    payload = json.dumps([model, kind, messages, settings], sort_keys=True,
+                         separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class Cache:
+    """get_many/put_many over one SQLite file; `enabled=False` makes it a no-op."""
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL keeps WAL commits durable across a killed process (not power loss),
+            # which is the crash the resume contract is about.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, object]:
+        if not self._db:
+            return {}
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, object] = {}
+        for i in range(0, len(keys), _BATCH):
+            part = keys[i:i + _BATCH]
+            marks = ",".join("?" * len(part))
+            for key, value in self._db.execute(
+                f"SELECT key, value FROM calls WHERE key IN ({marks})", part
+            ):
+                found[key] = json.loads(value)
+        return found
+
+    def put_many(self, items: Iterable[tuple[str, str, object]]) -> None:
+        """Store (key, model, value) rows in one transaction."""
+        if not self._db:
+            return
+        now = time.time()
+        rows = [(k, json.dumps(v, ensure_ascii=False), m, now) for k, m, v in items]
+        if not rows:
+            return
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT OR REPLACE INTO calls (key, value, model, created) VALUES (?, ?, ?, ?)", rows
+        )
+        self._db.execute("COMMIT")
+
+    def __len__(self) -> int:
+        if not self._db:
+            return 0
+        return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+    def close(self) -> None:
+        if self._db:
+            self._db.close()
+            self._db = None

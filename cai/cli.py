@@ -1,0 +1,102 @@
+"""The `cai` command line: parse, load, call one function, render. Exit 0 ok, 1 failure, 2 bad input."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from cai.errors import InputError, Problem
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Constitutional AI data engine: constitution + prompts -> critiqued, revised, "
+         "preference-labelled datasets for TRL.",
+)
+err = Console(stderr=True, highlight=False)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+    _state["debug"] = debug
+
+
+def _fail(exc: BaseException) -> None:
+    if _state["debug"]:
+        raise exc
+    if isinstance(exc, InputError):
+        for problem in exc.problems:
+            err.print(f"[red]error:[/red] {problem}", soft_wrap=True)
+        raise typer.Exit(2)
+    if isinstance(exc, KeyboardInterrupt):
+        err.print("interrupted: finished chunks are saved; run the same command again to resume")
+        raise typer.Exit(130)
+    err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}  (run with --debug for the traceback)",
+              soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def generate(
+    pipeline: Optional[Path] = typer.Argument(None, help="Pipeline YAML (default: pipelines/default.yaml)."),
+    constitution: Optional[Path] = typer.Option(None, help="Constitution YAML, instead of the pipeline's."),
+    prompts: Optional[List[str]] = typer.Option(None, help="Prompt file (.jsonl/.json/.csv/.parquet), dataset folder or hf:NAME; repeat for several."),
+    model: Optional[str] = typer.Option(None, help="`embedded` (SmolLM2-135M-Instruct, shipped), a local checkpoint folder or a hub id."),
+    backend: Optional[str] = typer.Option(None, help="Backend that runs the model: transformers or scripted."),
+    limit: Optional[int] = typer.Option(None, help="Use at most this many prompts (taken round-robin across prompt files)."),
+    rounds: Optional[int] = typer.Option(None, help="Critique -> revision rounds per prompt."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per forward pass in the transformers backend."),
+    seed: Optional[int] = typer.Option(None, help="Seed for principle sampling and sampled generation."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: outputs/<pipeline name>). Re-running resumes."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the model-call cache."),
+):
+    """Respond, critique and revise each prompt against sampled principles (SL-CAI); write records and a TRL-ready dataset."""
+    from cai.config import load_pipeline
+    from cai.generate import generate as run
+    from cai.progress import StageProgress
+
+    try:
+        config = load_pipeline(
+            pipeline, constitution=str(constitution) if constitution else None, prompts=prompts,
+            model=model, backend=backend, limit=limit, rounds=rounds, batch_size=batch_size,
+            seed=seed, out=str(out) if out else None, cache=False if no_cache else None,
+        )
+        with StageProgress(err) as progress:
+            summary = run(config, str(pipeline) if pipeline else None, progress=progress)
+    except BaseException as exc:  # noqa: BLE001 - every failure maps to an exit code
+        if isinstance(exc, typer.Exit):
+            raise
+        _fail(exc)
+    c = summary["counts"]
+    flagged = ", ".join(f"{k} {v}" for k, v in c["flagged"].items()) or "none"
+    err.print(f"{c['records']} records, {c['pairs']} pairs (flagged: {flagged}); "
+              f"{c['model_calls']} model calls, {c['cache_hits']} cache hits, {c['resumed']} resumed")
+    if not c["pairs"]:
+        err.print("[yellow]warning:[/yellow] no pairs passed the quality gates; see records/ for the reasons")
+    print(summary["dataset_path"])
+
+
+@app.command()
+def validate(paths: List[Path] = typer.Argument(..., help="Constitution or pipeline YAML files (or prompt files).")):
+    """Check constitutions, pipelines and prompt files; print one line per problem (FILE:LINE: field: message)."""
+    from cai.validate import check_path
+
+    problems: list[Problem] = []
+    for path in paths:
+        found = check_path(path)
+        problems += found
+        if not found:
+            err.print(f"ok: {path}")
+    if problems:
+        _fail(InputError(problems))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,110 @@
+"""Run configuration: a pipelines/*.yaml file, validated like a constitution, then CLI overrides.
+
+Paths inside a pipeline file are relative to that file, so a pipeline runs the
+same from any working directory; paths given as CLI flags are relative to
+where the user stands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cai.errors import InputError, Problem
+from cai.yamlio import load_model
+
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+DEFAULT_PIPELINE = PIPELINES_DIR / "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StageSampling(_Strict):
+    max_new_tokens: int = Field(128, gt=0, le=8192)
+    temperature: float = Field(0.0, ge=0, le=5)
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=3)
+
+
+class SamplingConfig(_Strict):
+    respond: StageSampling = StageSampling(max_new_tokens=160)
+    critique: StageSampling = StageSampling(max_new_tokens=96)
+    revise: StageSampling = StageSampling(max_new_tokens=160)
+
+
+class PromptSource(_Strict):
+    """A prompt file (.jsonl/.json/.csv/.parquet), a saved dataset folder, or `hf:NAME`."""
+
+    path: str
+    split: str = "train"  # for datasets
+    field: str = "prompt"  # column holding the prompt text
+    category: str | None = None  # used when rows carry none
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str | None = None
+    constitution: str
+    prompts: list[PromptSource] = Field(min_length=1)
+    limit: int | None = Field(None, gt=0)
+    backend: Literal["transformers", "scripted"] = "transformers"
+    model: str = "embedded"
+    batch_size: int = Field(16, gt=0, le=4096)
+    chunk_size: int = Field(256, gt=0)  # examples per stage batch and per record shard
+    rounds: int = Field(2, ge=1, le=8)
+    few_shot: int | None = Field(None, ge=0)  # few-shot examples shown; null = all
+    system_prompt: str | None = None
+    seed: int = 0
+    test_size: float = Field(0.1, ge=0, lt=1)
+    cache: bool = True
+    out: str | None = None
+    sampling: SamplingConfig = SamplingConfig()
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _bare_paths(cls, value):
+        if isinstance(value, (str, dict)):
+            value = [value]
+        if isinstance(value, list):
+            return [{"path": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    def resolved_out(self) -> Path:
+        return Path(self.out) if self.out else Path("outputs") / self.name
+
+
+def _relative_to(base: Path, path: str) -> str:
+    if path.startswith("hf:") or Path(path).is_absolute():
+        return path
+    return str((base / path).resolve())
+
+
+def load_pipeline(path: str | Path | None = None, **overrides) -> PipelineConfig:
+    """Load a pipeline file (the shipped default when None) and apply CLI overrides.
+
+    Overrides whose value is None are ignored; `prompts` takes a list of paths.
+    """
+    path = Path(path) if path else DEFAULT_PIPELINE
+    config: PipelineConfig = load_model(path, PipelineConfig)
+    base = path.resolve().parent
+    config.constitution = _relative_to(base, config.constitution)
+    for source in config.prompts:
+        source.path = _relative_to(base, source.path)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "prompts" in changes:
+        changes["prompts"] = [PromptSource(path=p if p.startswith("hf:") else str(Path(p).resolve()))
+                              for p in changes["prompts"]]
+    if "constitution" in changes:
+        changes["constitution"] = str(Path(changes["constitution"]).resolve())
+    # Re-validate so a bad flag value (e.g. --rounds 0) gets the same checks as the file.
+    try:
+        return PipelineConfig.model_validate({**config.model_dump(), **changes})
+    except ValidationError as exc:
+        raise InputError([
+            Problem("command line", None, "--" + str(e["loc"][0]).replace("_", "-"), e["msg"])
+            for e in exc.errors()
+        ]) from None

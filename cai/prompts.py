@@ -1,0 +1,134 @@
+"""Prompt sets: JSONL, JSON, CSV, parquet, saved datasets or `hf:NAME`, into one checked list.
+
+Every problem is reported with its file and line (row for columnar files), all
+at once, before anything runs. Ids are optional in user files: a missing one
+is derived from the prompt text, so it stays stable when rows move.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+from cai.config import PromptSource
+from cai.errors import InputError, Problem
+
+Row = tuple[int | None, dict]  # (line or row number, fields)
+
+
+def _jsonl(path: Path) -> Iterator[Row]:
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError([Problem(str(path), n, "", f"not UTF-8 ({exc.reason})")]) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError([Problem(str(path), n, "", f"invalid JSON: {exc.msg} (column {exc.colno})")]) from None
+            if not isinstance(obj, dict):
+                raise InputError([Problem(str(path), n, "", f"expected a JSON object, got {type(obj).__name__}")])
+            yield n, obj
+
+
+def _json(path: Path) -> Iterator[Row]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise InputError([Problem(str(path), line, "", f"invalid JSON: {exc}")]) from None
+    if not isinstance(data, list):
+        raise InputError([Problem(str(path), 1, "", "expected a JSON list of objects")])
+    for i, obj in enumerate(data):
+        yield (i + 1, obj if isinstance(obj, dict) else {"prompt": obj})
+
+
+def _csv(path: Path) -> Iterator[Row]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            for obj in reader:
+                yield reader.line_num, obj
+    except UnicodeDecodeError as exc:
+        raise InputError([Problem(str(path), None, "", f"not UTF-8 ({exc.reason})")]) from None
+
+
+def _table(source: PromptSource) -> Iterator[Row]:
+    import datasets
+
+    path = source.path
+    if path.startswith("hf:"):
+        table = datasets.load_dataset(path[3:], split=source.split)
+    elif Path(path).is_dir():
+        try:
+            table = datasets.load_from_disk(path)
+        except FileNotFoundError:
+            table = datasets.load_dataset(path, split=source.split)
+        if isinstance(table, datasets.DatasetDict):
+            table = table[source.split]
+    else:
+        table = datasets.Dataset.from_parquet(path)
+    for i, obj in enumerate(table):
+        yield i + 1, obj
+
+
+def _rows(source: PromptSource) -> Iterator[Row]:
+    path = Path(source.path)
+    if not source.path.startswith("hf:") and not path.exists():
+        raise InputError([Problem(source.path, None, "", "file not found")])
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _jsonl(path)
+    if suffix == ".json":
+        return _json(path)
+    if suffix == ".csv":
+        return _csv(path)
+    if suffix == ".parquet" or path.is_dir() or source.path.startswith("hf:"):
+        return _table(source)
+    raise InputError([Problem(source.path, None, "", "unknown prompt format (use .jsonl, .json, .csv, .parquet, a dataset folder or hf:NAME)")])
+
+
+def load_prompts(sources: list[PromptSource], limit: int | None = None) -> list[dict]:
+    """Examples {id, prompt, category, source}; with `limit`, taken round-robin across sources
+    so a small run still sees every set."""
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    per_source: list[list[dict]] = []
+    for source in sources:
+        name = Path(source.path).name if not source.path.startswith("hf:") else source.path
+        examples = []
+        where_unit = "row " if Path(source.path).suffix.lower() in (".parquet", ".json") else ""
+        for n, obj in _rows(source):
+            where = (source.path, n if not where_unit else None)
+            field = f"row {n}: " if where_unit else ""
+            text = obj.get(source.field)
+            if not isinstance(text, str) or not text.strip():
+                msg = "field required" if text is None else "must be a non-empty string"
+                problems.append(Problem(*where, f"{field}{source.field}", msg))
+                continue
+            raw_id = obj.get("id")
+            if raw_id is not None and not isinstance(raw_id, (str, int)):
+                problems.append(Problem(*where, f"{field}id", "must be a string or an integer"))
+                continue
+            ex_id = str(raw_id) if raw_id not in (None, "") else "p-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+            if ex_id in seen:
+                problems.append(Problem(*where, f"{field}id", f"duplicate id {ex_id!r} (first at {seen[ex_id]})"))
+                continue
+            seen[ex_id] = f"{name}:{n}"
+            category = obj.get("category") or source.category
+            examples.append({"id": ex_id, "prompt": text, "category": str(category) if category else None, "source": name})
+        if not examples and not problems:
+            problems.append(Problem(source.path, None, "", "no prompts in this source"))
+        per_source.append(examples)
+    if problems:
+        raise InputError(problems)
+    out: list[dict] = []
+    for i in range(max(len(e) for e in per_source)):
+        out.extend(e[i] for e in per_source if i < len(e))
+    return out[:limit] if limit else out
