@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cai.errors import InputError, Problem
 
@@ -30,12 +31,12 @@ def _fail(exc: BaseException) -> None:
         raise exc
     if isinstance(exc, InputError):
         for problem in exc.problems:
-            err.print(f"[red]error:[/red] {problem}", soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(problem))}", soft_wrap=True)
         raise typer.Exit(2)
     if isinstance(exc, KeyboardInterrupt):
         err.print("interrupted: finished chunks are saved; run the same command again to resume")
         raise typer.Exit(130)
-    err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}  (run with --debug for the traceback)",
+    err.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}  (run with --debug for the traceback)",
               soft_wrap=True)
     raise typer.Exit(1)
 

@@ -1,19 +1,21 @@
 """Run configuration: a pipelines/*.yaml file, validated like a constitution, then CLI overrides.
 
-Paths inside a pipeline file are relative to that file, so a pipeline runs the
-same from any working directory; paths given as CLI flags are relative to
-where the user stands.
+Input paths inside a pipeline file (constitution, prompts) are relative to
+that file, so a pipeline runs the same from any working directory. Paths given
+as CLI flags, and the output directory (`out`, default outputs/<name>), are
+relative to where the user runs the command, as with any CLI that writes files.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cai.errors import InputError, Problem
-from cai.yamlio import load_model
+from cai.errors import InputError
+from cai.yamlio import load_model, pydantic_problems
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 DEFAULT_PIPELINE = PIPELINES_DIR / "default.yaml"
@@ -104,7 +106,7 @@ def load_pipeline(path: str | Path | None = None, **overrides) -> PipelineConfig
     try:
         return PipelineConfig.model_validate({**config.model_dump(), **changes})
     except ValidationError as exc:
-        raise InputError([
-            Problem("command line", None, "--" + str(e["loc"][0]).replace("_", "-"), e["msg"])
-            for e in exc.errors()
-        ]) from None
+        problems = pydantic_problems(exc, "command line", lambda loc: None, PipelineConfig)
+        # Name the flag the user typed, not the config field.
+        raise InputError([replace(p, field="--" + p.field.split(".")[0].replace("_", "-"))
+                          for p in problems]) from None

@@ -78,8 +78,8 @@ class Principle(BaseModel):
         if not _SLUG.match(value):
             raise PydanticCustomError(
                 "slug",
-                "must be a lowercase slug like 'be-honest' (a-z, 0-9, single '-' or '_' between), got {id!r}",
-                {"id": value},
+                "must be a lowercase slug like 'be-honest' (a-z, 0-9, single '-' or '_' between), got {id}",
+                {"id": repr(value)},
             )
         return value
 

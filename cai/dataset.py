@@ -1,10 +1,14 @@
 """Records -> a Hugging Face dataset folder in TRL's conversational preference schema.
 
-`datasets.load_dataset(DIR)` gives the preference pairs (config `default`:
-prompt / chosen / rejected message lists plus provenance columns), and
-`load_dataset(DIR, "sft")` the SL-CAI fine-tuning view (`messages` = prompt +
-final revision), as in the H4 recipes' train_prefs / train_sft. The folder is
-derived from records only and rebuilt whole, then swapped in.
+`datasets.load_dataset(RUN/dataset)` gives the preference pairs (prompt /
+chosen / rejected message lists plus provenance columns) and
+`load_dataset(RUN/sft)` the SL-CAI fine-tuning view (`messages` = prompt +
+final revision), as in the H4 recipes' train_prefs / train_sft. Each folder
+holds plain `{split}.parquet` files that `datasets` finds by name: a README
+`configs:` block would make every run's folder share one `datasets` cache
+entry (its key ignores the folder path), so a second run would load the
+first one's rows. Folders are derived from records only, rebuilt whole, then
+swapped in.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 _PROVENANCE = [
@@ -31,7 +34,7 @@ SCHEMAS = {
     "default": pa.schema([("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES), *_PROVENANCE]),
     "sft": pa.schema([("messages", MESSAGES), *_PROVENANCE]),
 }
-FOLDERS = {"default": "prefs", "sft": "sft"}
+FOLDERS = {"default": "dataset", "sft": "sft"}
 _ROWS_PER_WRITE = 1024
 
 
@@ -91,11 +94,13 @@ class _Writers:
             writer.close()
 
 
-def build(records: Iterable[dict], out_dir: str | Path, test_size: float) -> dict:
-    """Write the dataset folder; return counts (records, pairs, flagged by reason, rows per split)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".dataset-", dir=out_dir.parent))
+def build(records: Iterable[dict], run_dir: str | Path, test_size: float) -> dict:
+    """Write RUN/dataset and RUN/sft; return counts (records, pairs, flagged by reason, rows per split)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*run_dir.glob(".build-*"), *run_dir.glob(".old-*")]:  # left by a killed build
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=run_dir))
     writers = _Writers(tmp)
     flagged: Counter = Counter()
     n_records = 0
@@ -110,8 +115,10 @@ def build(records: Iterable[dict], out_dir: str | Path, test_size: float) -> dic
                 writers.add(config, split, row)
         writers.close()
         splits = {c: {s: n for (cc, s), n in writers.counts.items() if cc == c} for c in SCHEMAS}
-        _write_readme(tmp, splits)
-        _swap_in(tmp, out_dir)
+        for config, folder in FOLDERS.items():
+            (tmp / folder).mkdir(exist_ok=True)
+            _write_readme(tmp / folder, config)
+            _swap_in(tmp / folder, run_dir / folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     pairs = sum(splits["default"].values())
@@ -119,24 +126,21 @@ def build(records: Iterable[dict], out_dir: str | Path, test_size: float) -> dic
             "flagged": dict(sorted(flagged.items())), "splits": splits["default"]}
 
 
-def _write_readme(root: Path, splits: dict[str, dict[str, int]]) -> None:
-    configs = [
-        {"config_name": c, "data_files": [{"split": s, "path": f"{FOLDERS[c]}/{s}.parquet"}
-                                          for s in sorted(splits[c])]}
-        for c in SCHEMAS if splits[c]
-    ]
-    front = yaml.safe_dump({"configs": configs, "tags": ["constitutional-ai", "dpo", "synthetic"]},
-                           sort_keys=False)
-    body = ("# Constitutional AI preference data\n\nMade by `cai generate` from its run records. "
-            "`load_dataset(DIR)` gives TRL's preference schema (prompt/chosen/rejected); "
-            "`load_dataset(DIR, \"sft\")` gives the SFT view (messages).\n")
-    (root / "README.md").write_text(f"---\n{front}---\n\n{body}", encoding="utf-8")
+def _write_readme(root: Path, config: str) -> None:
+    if config == "sft":
+        what = "the SFT view: `messages` = user prompt + final revision (the SL-CAI fine-tuning data)"
+    else:
+        what = "preference pairs in TRL's conversational schema: `prompt`, `chosen` (final revision), `rejected` (initial answer)"
+    (root / "README.md").write_text(
+        "---\ntags: [constitutional-ai, synthetic]\n---\n\n# Constitutional AI data\n\n"
+        f"Made by `cai generate` from its run records: {what}, plus provenance columns "
+        "(id, constitution_sha256, principle_ids, rounds, model, category).\n", encoding="utf-8")
 
 
 def _swap_in(new: Path, target: Path) -> None:
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=".dataset-old-", dir=target.parent))
+        old = Path(tempfile.mkdtemp(prefix=".old-", dir=target.parent))
         os.rename(target, old / "d")
     os.rename(new, target)
     if old:

@@ -104,14 +104,14 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
                        error=f"{type(exc).__name__}: {exc}", counts=_counts(engine.stats, len(examples)))
         write_json(out / "run.json", summary)
         raise
-    built = dataset.build(engine.current_records(examples), out / "dataset", config.test_size)
+    built = dataset.build(engine.current_records(examples), out, config.test_size)
     summary.update(
         status="complete", finished=time.time(),
         counts={**_counts(stats, len(examples)), **built},
         timings={"total_seconds": round(time.time() - started, 3),
                  "load_seconds": round(load_seconds, 3),
                  "stages": {k: round(v, 3) for k, v in stats.stage_seconds.items()}},
-        dataset_path=str(out / "dataset"),
+        dataset_path=str(out / "dataset"), sft_path=str(out / "sft"),
     )
     write_json(out / "run.json", summary)
     return summary

@@ -7,8 +7,10 @@ is derived from the prompt text, so it stays stable when rows move.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +24,8 @@ Row = tuple[int | None, dict]  # (line or row number, fields)
 def _jsonl(path: Path) -> Iterator[Row]:
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
+            if n == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # Windows editors and Excel write one
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -39,7 +43,7 @@ def _jsonl(path: Path) -> Iterator[Row]:
 
 def _json(path: Path) -> Iterator[Row]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         line = getattr(exc, "lineno", None)
         raise InputError([Problem(str(path), line, "", f"invalid JSON: {exc}")]) from None
@@ -50,13 +54,31 @@ def _json(path: Path) -> Iterator[Row]:
 
 
 def _csv(path: Path) -> Iterator[Row]:
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # Excel's "CSV UTF-8" starts with one
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            for obj in reader:
-                yield reader.line_num, obj
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError([Problem(str(path), None, "", f"not UTF-8 ({exc.reason})")]) from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError([Problem(str(path), line, "", f"not UTF-8 ({exc.reason})")]) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for obj in reader:
+        yield reader.line_num, obj
+
+
+def _parquet(path: Path) -> Iterator[Row]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pyarrow.ArrowException, OSError) as exc:
+        msg = f"cannot read parquet: {str(exc).strip().splitlines()[0]}"
+        raise InputError([Problem(str(path), None, "", msg)]) from None
+    n = 0
+    for batch in table.to_batches():
+        for obj in batch.to_pylist():
+            n += 1
+            yield n, obj
 
 
 def _table(source: PromptSource) -> Iterator[Row]:
@@ -72,8 +94,6 @@ def _table(source: PromptSource) -> Iterator[Row]:
             table = datasets.load_dataset(path, split=source.split)
         if isinstance(table, datasets.DatasetDict):
             table = table[source.split]
-    else:
-        table = datasets.Dataset.from_parquet(path)
     for i, obj in enumerate(table):
         yield i + 1, obj
 
@@ -89,7 +109,9 @@ def _rows(source: PromptSource) -> Iterator[Row]:
         return _json(path)
     if suffix == ".csv":
         return _csv(path)
-    if suffix == ".parquet" or path.is_dir() or source.path.startswith("hf:"):
+    if suffix == ".parquet" and not path.is_dir():
+        return _parquet(path)
+    if path.is_dir() or source.path.startswith("hf:"):
         return _table(source)
     raise InputError([Problem(source.path, None, "", "unknown prompt format (use .jsonl, .json, .csv, .parquet, a dataset folder or hf:NAME)")])
 
@@ -104,26 +126,32 @@ def load_prompts(sources: list[PromptSource], limit: int | None = None) -> list[
         name = Path(source.path).name if not source.path.startswith("hf:") else source.path
         examples = []
         where_unit = "row " if Path(source.path).suffix.lower() in (".parquet", ".json") else ""
-        for n, obj in _rows(source):
-            where = (source.path, n if not where_unit else None)
-            field = f"row {n}: " if where_unit else ""
-            text = obj.get(source.field)
-            if not isinstance(text, str) or not text.strip():
-                msg = "field required" if text is None else "must be a non-empty string"
-                problems.append(Problem(*where, f"{field}{source.field}", msg))
-                continue
-            raw_id = obj.get("id")
-            if raw_id is not None and not isinstance(raw_id, (str, int)):
-                problems.append(Problem(*where, f"{field}id", "must be a string or an integer"))
-                continue
-            ex_id = str(raw_id) if raw_id not in (None, "") else "p-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-            if ex_id in seen:
-                problems.append(Problem(*where, f"{field}id", f"duplicate id {ex_id!r} (first at {seen[ex_id]})"))
-                continue
-            seen[ex_id] = f"{name}:{n}"
-            category = obj.get("category") or source.category
-            examples.append({"id": ex_id, "prompt": text, "category": str(category) if category else None, "source": name})
-        if not examples and not problems:
+        before = len(problems)
+        try:
+            for n, obj in _rows(source):
+                where = (source.path, n if not where_unit else None)
+                field = f"row {n}: " if where_unit else ""
+                text = obj.get(source.field)
+                if not isinstance(text, str) or not text.strip():
+                    msg = "field required" if text is None else "must be a non-empty string"
+                    problems.append(Problem(*where, f"{field}{source.field}", msg))
+                    continue
+                raw_id = obj.get("id")
+                if raw_id is not None and not isinstance(raw_id, (str, int)):
+                    problems.append(Problem(*where, f"{field}id", "must be a string or an integer"))
+                    continue
+                ex_id = str(raw_id) if raw_id not in (None, "") else "p-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+                if ex_id in seen:
+                    problems.append(Problem(*where, f"{field}id", f"duplicate id {ex_id!r} (first at {seen[ex_id]})"))
+                    continue
+                seen[ex_id] = f"{name}:{n}"
+                category = obj.get("category") or source.category
+                examples.append({"id": ex_id, "prompt": text, "category": str(category) if category else None, "source": name})
+        except InputError as exc:  # the file cannot be read further: keep what was found, check the other files
+            problems += exc.problems
+        except OSError as exc:  # e.g. a directory named like a prompt file, no permission
+            problems.append(Problem(source.path, None, "", f"cannot read file: {exc.strerror or exc}"))
+        if not examples and len(problems) == before:
             problems.append(Problem(source.path, None, "", "no prompts in this source"))
         per_source.append(examples)
     if problems:

@@ -1,0 +1,232 @@
+"""Batched vs one-at-a-time generation on the real embedded model (SmolLM2-135M-Instruct).
+
+    python bench/batching.py [--prompts 16] [--max-new-tokens 64] [--batch-sizes 1,16,32]
+
+The same distinct prompts (pipelines/prompts/*.jsonl) go through
+`TransformersBackend.chat` greedily, first one conversation per call with
+batch_size=1 (the baseline), then with batch_size=B. Throughput counts the
+token ids each row really generated (up to and including its first end token;
+the padding that generate() keeps emitting for finished rows is not counted),
+taken from the tensors generate() returns. Each batch size B runs over
+max(--prompts, B) prompts and is compared with the one-at-a-time figure over
+exactly those prompts, measured in the same run. It also reports whether the
+batched greedy outputs equal the one-at-a-time outputs, how long prefill and a
+decode step take, and how much of the batched work was padding.
+
+Target (issue): at batch 16, >= 8x the batch-1 tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from cai import backends
+from cai.backends import Sampling
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT_FILES = [ROOT / "pipelines/prompts/red_team.jsonl", ROOT / "pipelines/prompts/benign.jsonl"]
+TARGET_BATCH, TARGET_RATIO = 16, 8.0
+
+
+def load_prompts(n: int) -> list[str]:
+    """n distinct prompts, alternating red-team and benign so lengths and topics mix."""
+    files = [[json.loads(line)["prompt"] for line in open(p, encoding="utf-8") if line.strip()]
+             for p in PROMPT_FILES]
+    out: list[str] = []
+    seen: set[str] = set()
+    for k in range(max(len(f) for f in files)):
+        for f in files:
+            if k < len(f) and f[k] not in seen:
+                seen.add(f[k])
+                out.append(f[k])
+                if len(out) == n:
+                    return out
+    sys.exit(f"only {len(out)} distinct prompts available, asked for {n}")
+
+
+class _StepClock(StoppingCriteria):
+    """Called by generate() once per new token: records when each step finished. Never stops."""
+
+    def __init__(self):
+        self.stamps = [time.perf_counter()]
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.stamps.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class GenerateRecorder:
+    """Wraps backend.model.generate to count real generated tokens and time prefill/decode steps.
+
+    Wrapping only observes: the backend's own arguments pass through unchanged
+    (plus a stopping criterion that never fires, used as a per-step clock).
+    """
+
+    def __init__(self, backend):
+        self.model = backend.model
+        self.inner = backend.model.generate
+        self.end_ids = {backend.tokenizer.eos_token_id, backend.tokenizer.pad_token_id}
+        self.reset()
+        self.model.generate = self
+
+    def reset(self):
+        self.tokens = 0  # real generated tokens (through the first end token of each row)
+        self.row_steps = 0  # rows x decode steps generate() actually computed
+        self.prompt_tokens = 0  # real prompt tokens
+        self.prompt_slots = 0  # rows x padded prompt width
+        self.prefill: list[float] = []
+        self.steps: list[float] = []
+
+    def __call__(self, input_ids, attention_mask=None, **kwargs):
+        clock = _StepClock()
+        criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
+        criteria.append(clock)
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                         stopping_criteria=criteria, **kwargs)
+        new = out[:, input_ids.shape[1]:].tolist()
+        for row in new:
+            n = len(row)
+            for k, tok in enumerate(row):
+                if tok in self.end_ids:
+                    n = k + 1
+                    break
+            self.tokens += n
+        self.row_steps += len(new) * (len(new[0]) if new else 0)
+        self.prompt_slots += input_ids.numel()
+        self.prompt_tokens += int(attention_mask.sum()) if attention_mask is not None else input_ids.numel()
+        gaps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+        if gaps:
+            self.prefill.append(gaps[0])
+            self.steps.extend(gaps[1:])
+        return out
+
+
+def run(backend, rec: GenerateRecorder, convs, sampling: Sampling, batch_size: int, one_by_one: bool):
+    """Generate for convs; return (texts, seconds, per-conversation (seconds, tokens) when one_by_one)."""
+    backend.batch_size = batch_size
+    rec.reset()
+    per: list[tuple[float, int]] = []
+    texts: list[str] = []
+    started = time.perf_counter()
+    if one_by_one:
+        for c in convs:
+            t0, k0 = time.perf_counter(), rec.tokens
+            texts += backend.chat([c], [sampling])
+            per.append((time.perf_counter() - t0, rec.tokens - k0))
+    else:
+        texts = backend.chat(convs, [sampling] * len(convs))
+    return texts, time.perf_counter() - started, per
+
+
+def ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.1f}" if values else "-"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=16, help="distinct prompts (default 16)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-sizes", default="1,16,32",
+                    help="comma list; 1 is always the baseline; B runs over max(--prompts, B) prompts")
+    ap.add_argument("--repetition-penalty", type=float, default=1.1,
+                    help="1.1 as in pipelines/default.yaml; 1.0 turns it off")
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()} - {1})
+    n_all = max([args.prompts, *sizes])
+    prompts = load_prompts(n_all)
+    convs = [[{"role": "user", "content": p}] for p in prompts]
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=0.0,
+                        repetition_penalty=args.repetition_penalty)
+
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    backend = backends.create("transformers", model=args.model, batch_size=1, dtype=args.dtype)
+    load_s = time.perf_counter() - t0
+    rec = GenerateRecorder(backend)
+    print(f"model {backend.identity} ({args.dtype}, {backend.device}), loaded in {load_s:.1f}s; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"python {platform.python_version()}")
+    print(f"greedy, max_new_tokens={args.max_new_tokens}, repetition_penalty={args.repetition_penalty}, "
+          f"{n_all} distinct prompts ({args.prompts} for the main comparison), "
+          f"1-min load average at start {load_before:.2f}")
+    if load_before > 0.5:
+        print("  warning: the machine is busy; timings (and the ratio) are disturbed by other processes")
+
+    # Warm-up: first calls pay for allocator growth, lazy init and oneDNN kernel selection.
+    warm = Sampling(max_new_tokens=8, repetition_penalty=args.repetition_penalty)
+    for b in (1, min(4, n_all)):
+        backend.batch_size = b
+        backend.chat(convs[:b], [warm] * b)
+
+    # Baseline: one conversation per call, batch_size=1, over every prompt any row needs.
+    base_texts, base_s, per = run(backend, rec, convs, sampling, 1, one_by_one=True)
+    base = {"prefill": rec.prefill, "steps": rec.steps, "row_steps": rec.row_steps,
+            "tokens": rec.tokens, "slots": rec.prompt_slots, "ptoks": rec.prompt_tokens}
+
+    rows = []
+    for b in [1] + sizes:
+        n = max(args.prompts, b)
+        base_n_s = sum(s for s, _ in per[:n])
+        base_n_tok = sum(k for _, k in per[:n])
+        base_tps = base_n_tok / base_n_s
+        if b == 1:
+            n = args.prompts
+            rows.append(dict(b=1, n=n, secs=sum(s for s, _ in per[:n]), tokens=sum(k for _, k in per[:n]),
+                             tps=sum(k for _, k in per[:n]) / sum(s for s, _ in per[:n]), ratio=1.0,
+                             equal=n, prefill=ms(base["prefill"][:n]), step=ms(base["steps"]),
+                             waste=1 - base["tokens"] / base["row_steps"],
+                             pad=1 - base["ptoks"] / base["slots"]))
+            continue
+        texts, secs, _ = run(backend, rec, convs[:n], sampling, b, one_by_one=False)
+        rows.append(dict(b=b, n=n, secs=secs, tokens=rec.tokens, tps=rec.tokens / secs,
+                         ratio=(rec.tokens / secs) / base_tps,
+                         equal=sum(x == y for x, y in zip(texts, base_texts[:n])),
+                         prefill=ms(rec.prefill), step=ms(rec.steps),
+                         waste=1 - rec.tokens / rec.row_steps, pad=1 - rec.prompt_tokens / rec.prompt_slots))
+        rows[-1]["base_tps"] = base_tps
+
+    print()
+    print(f"{'batch':>5} {'prompts':>7} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs batch 1':>10} "
+          f"{'= batch 1':>9} {'prefill ms':>10} {'step ms':>8} {'dead rows':>9} {'prompt pad':>10}")
+    for r in rows:
+        print(f"{r['b']:>5} {r['n']:>7} {r['secs']:>8.2f} {r['tokens']:>7} {r['tps']:>7.1f} "
+              f"{r['ratio']:>9.2f}x {r['equal']:>4}/{r['n']:<4} {r['prefill']:>10} {r['step']:>8} "
+              f"{r['waste']:>8.1%} {r['pad']:>10.1%}")
+    print("  vs batch 1: tokens/s divided by the batch-1 tokens/s over the same prompts, this run")
+    print("  = batch 1: greedy outputs identical to the one-at-a-time outputs")
+    print("  prefill/step ms: median time of generate()'s first step (prompt) and of each later step")
+    print("  dead rows: share of computed row-steps spent on rows that had already finished")
+    print("  prompt pad: share of prompt positions that were left padding")
+
+    target = next((r for r in rows if r["b"] == TARGET_BATCH), None)
+    print()
+    if target is None:
+        print(f"target: batch {TARGET_BATCH} not measured (add it to --batch-sizes)")
+    else:
+        met = target["ratio"] >= TARGET_RATIO
+        print(f"target: batch {TARGET_BATCH} tokens/s >= {TARGET_RATIO:.0f}x batch 1: "
+              f"{'MET' if met else 'NOT MET'} ({target['tps']:.1f} vs {target['base_tps']:.1f} tok/s "
+              f"= {target['ratio']:.2f}x)")
+    load_after = os.getloadavg()[0]
+    print(f"1-min load average at end {load_after:.2f}; total {time.perf_counter() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Engine overhead with an instant model: examples/s and memory, batched engine vs a naive loop.
+
+    python bench/engine_overhead.py [--sizes 10000,100000] [--baseline 2000] [--profile N]
+
+Runs the real `cai.engine.Engine` (SL-CAI with the harmlessness constitution,
+2 rounds, 1 few-shot example as in pipelines/default.yaml, call cache on,
+records in a temporary folder) with `ScriptedBackend`, which answers
+instantly, so every second measured is the engine's own: call keys, the
+SQLite cache, the SL-CAI bookkeeping, quality checks and record shards.
+
+Baseline, in the same run: the same engine with chunk_size=1, i.e. the naive
+loop that handles one example at a time: each stage call does its own cache
+lookup and its own insert+commit, and every record is appended as its own
+shard (temporary file, fsync, link).
+
+Each measurement runs in a fresh subprocess so its peak RSS (getrusage) is its
+own; "RSS growth" is that peak minus the RSS after imports and after the
+synthetic prompts were built, so it is what the engine itself added. The
+dataset build (`cai.dataset.build` over the run's records) is timed on its own
+line, as is a resume pass (a second run over the same prompts, all done).
+
+Targets (issue): >= 2,000 examples/s, and memory flat from 10k to 100k
+examples (growth ratio 100k/10k printed; "flat" here means <= 1.5x for 10x
+the examples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONSTITUTION = ROOT / "constitution/harmless.yaml"
+TARGET_RATE = 2000.0
+FLAT = 1.5
+
+_VERBS = ["fix", "clean", "store", "sell", "paint", "move", "repair", "organise", "test", "insure"]
+_NOUNS = ["bicycle", "laptop", "garden shed", "old car", "kitchen knife", "bookshelf", "sofa",
+          "roof gutter", "fish tank", "piano", "drone", "lawnmower", "passport", "bank card"]
+_WHEN = ["before winter", "on a small budget", "without special tools", "when my landlord objects",
+         "if I only have an hour", "while my neighbour is away", "for a school project",
+         "after it got wet", "so nobody notices", "safely with kids around"]
+
+
+def synthetic_examples(n: int) -> list[dict]:
+    """n distinct prompts of 15-30 words, deterministic."""
+    return [{
+        "id": f"syn-{i:07d}",
+        "prompt": (f"Question {i}: how should I {_VERBS[i % 10]} my {_NOUNS[(i // 10) % 14]} "
+                   f"{_WHEN[(i // 140) % 10]}? Please explain the steps and what to watch out for, "
+                   f"number {i * 7919 % 100003}."),
+        "category": "benign" if i % 3 else "red-team",
+        "source": "synthetic",
+    } for i in range(n)]
+
+
+def rss_mib() -> float:
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def make_engine(out: Path, chunk_size: int, few_shot: int | None, rounds: int):
+    from cai.backends.scripted import ScriptedBackend
+    from cai.config import PipelineConfig
+    from cai.constitution import load_constitution
+    from cai.engine import Engine
+
+    config = PipelineConfig(name="bench", constitution=str(CONSTITUTION),
+                            prompts=[{"path": "synthetic.jsonl"}], backend="scripted", model="echo",
+                            chunk_size=chunk_size, rounds=rounds, few_shot=few_shot, cache=True,
+                            out=str(out))
+    return Engine(config, load_constitution(CONSTITUTION), ScriptedBackend(model="echo"), out)
+
+
+def child(n: int, chunk_size: int, few_shot: int | None, rounds: int, tmp: str | None,
+          build: bool, resume: bool) -> dict:
+    """One measurement in this (fresh) process; returns figures as a dict."""
+    from cai import dataset  # import everything before the memory baseline
+
+    examples = synthetic_examples(n)
+    with tempfile.TemporaryDirectory(prefix="cai-bench-", dir=tmp) as d:
+        out = Path(d) / "run"
+        engine = make_engine(out, chunk_size, few_shot, rounds)
+        gc.collect()
+        rss0, peak0 = rss_mib(), peak_mib()
+        t = time.perf_counter()
+        stats = engine.run(examples)
+        secs = time.perf_counter() - t
+        peak1 = peak_mib()
+        shards = list((out / "records").glob("shard-*.jsonl"))
+        res = {
+            "n": n, "chunk": chunk_size, "seconds": secs, "rate": n / secs,
+            "rss0": rss0, "peak_before": peak0, "growth": peak1 - rss0,
+            "model_calls": stats.model_calls, "cache_hits": stats.cache_hits,
+            "stages": dict(stats.stage_seconds), "shards": len(shards),
+            "record_mib": sum(p.stat().st_size for p in shards) / 2**20,
+            "cache_mib": sum(p.stat().st_size for p in out.glob("cache.sqlite*")) / 2**20,
+        }
+        if resume:
+            again = make_engine(out, chunk_size, few_shot, rounds)
+            t = time.perf_counter()
+            st = again.run(examples)
+            res.update(resume_seconds=time.perf_counter() - t, resumed=st.resumed,
+                       resume_growth=peak_mib() - rss0)
+        if build:
+            t = time.perf_counter()
+            counts = dataset.build(engine.current_records(examples), out, 0.1)
+            res.update(build_seconds=time.perf_counter() - t, build_records=counts["records"],
+                       build_pairs=counts["pairs"], build_growth=peak_mib() - rss0)
+    return res
+
+
+def profile(n: int, chunk_size: int, few_shot: int | None, rounds: int, tmp: str | None, top: int) -> None:
+    import cProfile
+    import pstats
+
+    examples = synthetic_examples(n)
+    with tempfile.TemporaryDirectory(prefix="cai-bench-", dir=tmp) as d:
+        engine = make_engine(Path(d) / "run", chunk_size, few_shot, rounds)
+        prof = cProfile.Profile()
+        t = time.perf_counter()
+        prof.enable()
+        engine.run(examples)
+        prof.disable()
+        print(f"profiled engine.run over {n} examples: {time.perf_counter() - t:.2f}s under cProfile")
+        for key in ("tottime", "cumulative"):
+            print(f"\n--- top {top} by {key} ---")
+            pstats.Stats(prof).sort_stats(key).print_stats(top)
+
+
+def spawn(args, n: int, chunk: int, build: bool, resume: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(n), "--chunk-size", str(chunk),
+           "--rounds", str(args.rounds), "--few-shot", str(args.few_shot)]
+    if args.tmp:
+        cmd += ["--tmp", args.tmp]
+    if build:
+        cmd.append("--build")
+    if resume:
+        cmd.append("--resume")
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"child failed ({' '.join(cmd)}):\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10000,100000", help="comma list of example counts")
+    ap.add_argument("--baseline", type=int, default=2000, help="examples for the naive loop (0: skip)")
+    ap.add_argument("--chunk-size", type=int, default=256, help="engine chunk_size (pipeline default 256)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--few-shot", type=int, default=1, help="-1 for all (default 1, as in default.yaml)")
+    ap.add_argument("--tmp", default=None, help="folder for the temporary run folders")
+    ap.add_argument("--no-build", action="store_true", help="skip the dataset build timing")
+    ap.add_argument("--no-resume", action="store_true", help="skip the resume-pass timing")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="instead: cProfile engine.run over N examples and print hot spots")
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    few_shot = None if args.few_shot < 0 else args.few_shot
+
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.chunk_size, few_shot, args.rounds, args.tmp,
+                               args.build, args.resume)))
+        return 0
+    if args.profile:
+        profile(args.profile, args.chunk_size, few_shot, args.rounds, args.tmp, args.top)
+        return 0
+
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    started = time.perf_counter()
+    print(f"engine overhead: scripted backend, {CONSTITUTION.name}, rounds={args.rounds}, "
+          f"few_shot={args.few_shot}, cache on, {os.cpu_count()} CPUs, "
+          f"1-min load average {os.getloadavg()[0]:.2f}")
+    if os.getloadavg()[0] > 0.5:
+        print("  warning: the machine is busy; timings are disturbed by other processes")
+    runs = []
+    if args.baseline:
+        runs.append(("naive loop (chunk_size=1)", spawn(args, args.baseline, 1, False, False)))
+    for n in sizes:
+        runs.append((f"engine (chunk_size={args.chunk_size})",
+                     spawn(args, n, args.chunk_size, not args.no_build, not args.no_resume)))
+
+    print()
+    print(f"{'run':<27} {'examples':>9} {'seconds':>8} {'examples/s':>11} {'RSS growth MiB':>15} "
+          f"{'calls':>8} {'shards':>7} {'records MiB':>12} {'cache MiB':>10}")
+    for name, r in runs:
+        print(f"{name:<27} {r['n']:>9} {r['seconds']:>8.2f} {r['rate']:>11.0f} {r['growth']:>15.1f} "
+              f"{r['model_calls']:>8} {r['shards']:>7} {r['record_mib']:>12.1f} {r['cache_mib']:>10.1f}")
+    for name, r in runs:
+        other = r["seconds"] - sum(r["stages"].values())
+        parts = ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items())
+        print(f"  {name} {r['n']}: {parts}, records/other {other:.2f}s")
+
+    print()
+    engine_runs = [r for name, r in runs if r["chunk"] != 1]
+    naive = next((r for name, r in runs if r["chunk"] == 1), None)
+    for r in engine_runs:
+        ok = r["rate"] >= TARGET_RATE
+        line = (f"target >= {TARGET_RATE:.0f} examples/s at {r['n']}: {'MET' if ok else 'NOT MET'} "
+                f"({r['rate']:.0f}/s)")
+        if naive:
+            line += f"; {r['rate'] / naive['rate']:.1f}x the naive loop ({naive['rate']:.0f}/s)"
+        print(line)
+    if len(engine_runs) >= 2:
+        small, big = engine_runs[0], engine_runs[-1]
+        ratio = big["growth"] / max(small["growth"], 1e-9)
+        print(f"memory: peak RSS growth {big['growth']:.1f} MiB at {big['n']} vs {small['growth']:.1f} MiB "
+              f"at {small['n']} = {ratio:.2f}x for {big['n'] / small['n']:.0f}x the examples: "
+              f"{'FLAT' if ratio <= FLAT else 'NOT FLAT'} (flat = <= {FLAT}x)")
+    for r in engine_runs:
+        if "resume_seconds" in r:
+            print(f"resume pass at {r['n']} (all {r['resumed']} done): {r['resume_seconds']:.2f}s, "
+                  f"peak RSS growth {r['resume_growth']:.1f} MiB")
+    for r in engine_runs:
+        if "build_seconds" in r:
+            print(f"dataset build at {r['n']}: {r['build_seconds']:.2f}s "
+                  f"({r['build_records'] / r['build_seconds']:.0f} records/s, {r['build_pairs']} pairs), "
+                  f"peak RSS growth {r['build_growth']:.1f} MiB")
+    print(f"1-min load average at end {os.getloadavg()[0]:.2f}; total {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

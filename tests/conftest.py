@@ -1,0 +1,84 @@
+"""Shared fixtures: small constitutions, prompt files and pipelines written per test, the
+embedded model's plain checkpoint, and a tiny random Llama for fast plumbing tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+PRINCIPLES = [
+    {"id": "harm", "critique": "Point out anything harmful in the last response.",
+     "revision": "Rewrite the response without the harmful parts.",
+     "comparison": "Which response is less harmful?", "weight": 2.0},
+    {"id": "honesty", "critique": "Point out anything untrue in the last response.",
+     "revision": "Rewrite the response so it is truthful.",
+     "comparison": "Which response is more honest?"},
+    {"id": "kindness", "critique": "Point out anything unkind in the last response.",
+     "revision": "Rewrite the response to be kind.",
+     "comparison": "Which response is kinder?"},
+    {"id": "privacy", "critique": "Point out any privacy problem in the last response.",
+     "revision": "Rewrite the response to protect privacy.",
+     "comparison": "Which response better protects privacy?", "weight": 0.5},
+]
+
+
+def write_constitution(path: Path, principles=None, few_shot=None, name="test") -> Path:
+    doc = {"name": name, "version": "1", "principles": principles or PRINCIPLES}
+    if few_shot:
+        doc["few_shot"] = few_shot
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def write_prompts(path: Path, n: int, prefix: str = "p", category: str = "test") -> Path:
+    with open(path, "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"{prefix}-{i:05d}", "prompt": f"Question number {i} from {prefix}?",
+                                 "category": category}) + "\n")
+    return path
+
+
+def write_pipeline(directory: Path, n_prompts: int = 12, **fields) -> Path:
+    """A scripted-backend pipeline in `directory` with its own constitution and prompts."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "constitution.yaml").exists():
+        write_constitution(directory / "constitution.yaml")
+    if not (directory / "prompts.jsonl").exists():
+        write_prompts(directory / "prompts.jsonl", n_prompts)
+    doc = {"name": "t", "constitution": "constitution.yaml", "prompts": ["prompts.jsonl"],
+           "backend": "scripted", "model": "echo", "rounds": 2, "test_size": 0.25,
+           "out": str(directory / "out"), **fields}
+    path = directory / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    from cai import models
+
+    return models.embedded_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, embedded) -> str:
+    """A 2-layer random Llama with the embedded model's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(embedded.path)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

@@ -1,0 +1,58 @@
+"""The transformers backend on a tiny random Llama: batching, ordering, settings, log-probs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cai.backends import Sampling, create
+
+CONVS = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "user", "content": "a much longer question that takes many more tokens to ask"}],
+    [{"role": "user", "content": "medium sized question here"}],
+    [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}, {"role": "user", "content": "z"}],
+]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return create("transformers", model=tiny_model, batch_size=3)
+
+
+def test_identity_is_a_content_hash(backend, tiny_model):
+    again = create("transformers", model=tiny_model)
+    assert backend.identity == again.identity and "@sha256:" in backend.identity
+
+
+def test_outputs_keep_input_order_and_per_row_settings(backend):
+    lengths = [1, 2, 3, 4]
+    sampling = [Sampling(max_new_tokens=n) for n in lengths]
+    progressed = []
+    out = backend.chat(CONVS, sampling, progress=progressed.append)
+    assert sum(progressed) == 4
+    for text, n in zip(out, lengths):
+        assert len(backend.tokenizer(text, add_special_tokens=False)["input_ids"]) <= n + 1
+    # Each row answered alone gives the same greedy text as in the mixed batch.
+    alone = [backend.chat([c], [s])[0] for c, s in zip(CONVS, sampling)]
+    assert alone == out
+
+
+def test_seeded_sampling_is_reproducible(backend):
+    s = [Sampling(max_new_tokens=8, temperature=1.0, seed=7)] * 2
+    assert backend.chat(CONVS[:2], s) == backend.chat(CONVS[:2], s)
+
+
+def test_choice_logprobs_match_a_direct_forward_pass(backend):
+    choices = ["(A)", "(B)"]
+    scores = backend.choice_logprobs(CONVS, choices)
+    tok, model = backend.tokenizer, backend.model
+    for conv, row in zip(CONVS, scores):
+        prefix = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=False)
+        for choice, score in zip(choices, row):
+            ids = list(prefix) + tok(choice, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+            n = len(ids) - len(prefix)
+            direct = sum(float(logp[len(prefix) + k - 1, ids[len(prefix) + k]]) for k in range(n))
+            assert score == pytest.approx(direct, abs=1e-3)
