@@ -88,41 +88,29 @@ def make_engine(out: Path, chunk_size: int, few_shot: int | None, rounds: int):
     return Engine(config, load_constitution(CONSTITUTION), ScriptedBackend(model="echo"), out)
 
 
-def child(n: int, chunk_size: int, few_shot: int | None, rounds: int, tmp: str | None,
-          build: bool, resume: bool) -> dict:
-    """One measurement in this (fresh) process; returns figures as a dict."""
+def child(phase: str, n: int, out: Path, chunk_size: int, few_shot: int | None, rounds: int) -> dict:
+    """One phase (run, resume or build) in this fresh process, over the run folder `out`."""
     from cai import dataset  # import everything before the memory baseline
 
     examples = synthetic_examples(n)
-    with tempfile.TemporaryDirectory(prefix="cai-bench-", dir=tmp) as d:
-        out = Path(d) / "run"
-        engine = make_engine(out, chunk_size, few_shot, rounds)
-        gc.collect()
-        rss0, peak0 = rss_mib(), peak_mib()
-        t = time.perf_counter()
+    engine = make_engine(out, chunk_size, few_shot, rounds)
+    gc.collect()
+    rss0, peak0 = rss_mib(), peak_mib()
+    t = time.perf_counter()
+    res: dict = {"phase": phase, "n": n, "chunk": chunk_size, "rss0": rss0, "peak_before": peak0}
+    if phase == "build":
+        counts = dataset.build(engine.current_records(examples), out / "build", 0.1)
+        res.update(records=counts["records"], pairs=counts["pairs"])
+    else:
         stats = engine.run(examples)
-        secs = time.perf_counter() - t
-        peak1 = peak_mib()
         shards = list((out / "records").glob("shard-*.jsonl"))
-        res = {
-            "n": n, "chunk": chunk_size, "seconds": secs, "rate": n / secs,
-            "rss0": rss0, "peak_before": peak0, "growth": peak1 - rss0,
-            "model_calls": stats.model_calls, "cache_hits": stats.cache_hits,
-            "stages": dict(stats.stage_seconds), "shards": len(shards),
-            "record_mib": sum(p.stat().st_size for p in shards) / 2**20,
-            "cache_mib": sum(p.stat().st_size for p in out.glob("cache.sqlite*")) / 2**20,
-        }
-        if resume:
-            again = make_engine(out, chunk_size, few_shot, rounds)
-            t = time.perf_counter()
-            st = again.run(examples)
-            res.update(resume_seconds=time.perf_counter() - t, resumed=st.resumed,
-                       resume_growth=peak_mib() - rss0)
-        if build:
-            t = time.perf_counter()
-            counts = dataset.build(engine.current_records(examples), out, 0.1)
-            res.update(build_seconds=time.perf_counter() - t, build_records=counts["records"],
-                       build_pairs=counts["pairs"], build_growth=peak_mib() - rss0)
+        res.update(model_calls=stats.model_calls, cache_hits=stats.cache_hits, resumed=stats.resumed,
+                   stages=dict(stats.stage_seconds), shards=len(shards),
+                   record_mib=sum(p.stat().st_size for p in shards) / 2**20,
+                   cache_mib=sum(p.stat().st_size for p in out.glob("cache.sqlite*")) / 2**20)
+    res["seconds"] = time.perf_counter() - t
+    res["rate"] = n / res["seconds"]
+    res["growth"] = peak_mib() - rss0
     return res
 
 
@@ -144,19 +132,25 @@ def profile(n: int, chunk_size: int, few_shot: int | None, rounds: int, tmp: str
             pstats.Stats(prof).sort_stats(key).print_stats(top)
 
 
-def spawn(args, n: int, chunk: int, build: bool, resume: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(n), "--chunk-size", str(chunk),
-           "--rounds", str(args.rounds), "--few-shot", str(args.few_shot)]
-    if args.tmp:
-        cmd += ["--tmp", args.tmp]
-    if build:
-        cmd.append("--build")
-    if resume:
-        cmd.append("--resume")
+def spawn(args, phase: str, n: int, out: Path, chunk: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", phase, "--n", str(n), "--out", str(out),
+           "--chunk-size", str(chunk), "--rounds", str(args.rounds), "--few-shot", str(args.few_shot)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"child failed ({' '.join(cmd)}):\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(args, n: int, chunk: int, extra: bool) -> dict:
+    """Run (and, with extra, resume and build) n examples in a temporary run folder."""
+    with tempfile.TemporaryDirectory(prefix="cai-bench-", dir=args.tmp) as d:
+        out = Path(d) / "run"
+        res = spawn(args, "run", n, out, chunk)
+        if extra and not args.no_resume:
+            res["resume"] = spawn(args, "resume", n, out, chunk)
+        if extra and not args.no_build:
+            res["build"] = spawn(args, "build", n, out, chunk)
+    return res
 
 
 def main(argv=None) -> int:
@@ -172,15 +166,14 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="instead: cProfile engine.run over N examples and print hot spots")
     ap.add_argument("--top", type=int, default=30)
-    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["run", "resume", "build"], help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     few_shot = None if args.few_shot < 0 else args.few_shot
 
     if args.child is not None:
-        print(json.dumps(child(args.child, args.chunk_size, few_shot, args.rounds, args.tmp,
-                               args.build, args.resume)))
+        print(json.dumps(child(args.child, args.n, args.out, args.chunk_size, few_shot, args.rounds)))
         return 0
     if args.profile:
         profile(args.profile, args.chunk_size, few_shot, args.rounds, args.tmp, args.top)
@@ -195,10 +188,10 @@ def main(argv=None) -> int:
         print("  warning: the machine is busy; timings are disturbed by other processes")
     runs = []
     if args.baseline:
-        runs.append(("naive loop (chunk_size=1)", spawn(args, args.baseline, 1, False, False)))
+        runs.append(("naive loop (chunk_size=1)", measure(args, args.baseline, 1, False)))
     for n in sizes:
         runs.append((f"engine (chunk_size={args.chunk_size})",
-                     spawn(args, n, args.chunk_size, not args.no_build, not args.no_resume)))
+                     measure(args, n, args.chunk_size, True)))
 
     print()
     print(f"{'run':<27} {'examples':>9} {'seconds':>8} {'examples/s':>11} {'RSS growth MiB':>15} "
@@ -228,14 +221,15 @@ def main(argv=None) -> int:
               f"at {small['n']} = {ratio:.2f}x for {big['n'] / small['n']:.0f}x the examples: "
               f"{'FLAT' if ratio <= FLAT else 'NOT FLAT'} (flat = <= {FLAT}x)")
     for r in engine_runs:
-        if "resume_seconds" in r:
-            print(f"resume pass at {r['n']} (all {r['resumed']} done): {r['resume_seconds']:.2f}s, "
-                  f"peak RSS growth {r['resume_growth']:.1f} MiB")
+        if "resume" in r:
+            x = r["resume"]
+            print(f"resume pass at {r['n']} (all {x['resumed']} done, {x['model_calls']} calls): "
+                  f"{x['seconds']:.2f}s, peak RSS growth {x['growth']:.1f} MiB")
     for r in engine_runs:
-        if "build_seconds" in r:
-            print(f"dataset build at {r['n']}: {r['build_seconds']:.2f}s "
-                  f"({r['build_records'] / r['build_seconds']:.0f} records/s, {r['build_pairs']} pairs), "
-                  f"peak RSS growth {r['build_growth']:.1f} MiB")
+        if "build" in r:
+            x = r["build"]
+            print(f"dataset build at {r['n']}: {x['seconds']:.2f}s ({x['records'] / x['seconds']:.0f} "
+                  f"records/s, {x['pairs']} pairs), peak RSS growth {x['growth']:.1f} MiB")
     print(f"1-min load average at end {os.getloadavg()[0]:.2f}; total {time.perf_counter() - started:.0f}s")
     return 0
 
