@@ -130,14 +130,16 @@ def resolve(spec: str | None) -> ModelRef:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelNotFound(f"{spec}: not a transformers checkpoint (no config.json)")
+            raise ModelNotFound("not a transformers checkpoint (no config.json)")
         weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         digest = hashlib.sha256((path / "config.json").read_bytes())
         for w in weights:
             digest.update(file_sha256(w).encode())
         return ModelRef(str(path.resolve()), f"{path.resolve().name}@sha256:{digest.hexdigest()[:16]}")
     if path.suffix == ".gguf" or path.exists():
-        raise ModelNotFound(f"{spec}: give a checkpoint directory, a hub id or `embedded`")
+        raise ModelNotFound("give a checkpoint directory, a hub id or `embedded`")
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
+        raise ModelNotFound("no such checkpoint directory")
     # A hub id: identity pins the revision when one is given as id@rev.
     repo, _, rev = spec.partition("@")
     return ModelRef(repo, f"{repo}@{rev or 'main'}", rev or None)

@@ -326,3 +326,15 @@ def test_shipped_prompt_sets_are_big_enough():
     assert len(red) >= 200 and len(benign) >= 100
     assert sum(r["category"] == "looks-sensitive" for r in benign) >= 25
     assert len({r["id"] for r in red + benign}) == len(red) + len(benign)
+
+
+def test_generate_with_a_missing_model_folder_exits_2(tmp_path):
+    pipeline = tmp_path / "p"
+    from conftest import write_pipeline
+
+    path = write_pipeline(pipeline, backend="transformers")
+    res = subprocess.run([sys.executable, "-m", "cai", "generate", str(path), "--model", str(tmp_path / "nope"),
+                          "--out", str(tmp_path / "OUT")], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"error: --model: {tmp_path / 'nope'}: no such checkpoint directory"]
+    assert not (tmp_path / "OUT").exists()
