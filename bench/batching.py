@@ -7,7 +7,8 @@ The same distinct prompts (pipelines/prompts/*.jsonl) go through
 batch_size=1 (the baseline), then with batch_size=B. Throughput counts the
 token ids each row really generated (up to and including its first end token;
 the padding that generate() keeps emitting for finished rows is not counted),
-taken from the tensors generate() returns. Each batch size B runs over
+taken from the tensors generate() returns. Batched runs are short, so each is
+repeated (--repeats, default 3) and the median reported. Each batch size B runs over
 max(--prompts, B) prompts and is compared with the one-at-a-time figure over
 exactly those prompts, measured in the same run. It also reports whether the
 batched greedy outputs equal the one-at-a-time outputs, how long prefill and a
@@ -30,8 +31,11 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from cai import backends
-from cai.backends import Sampling
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import ForeignLoad  # noqa: E402
+
+from cai import backends  # noqa: E402
+from cai.backends import Sampling  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT_FILES = [ROOT / "pipelines/prompts/red_team.jsonl", ROOT / "pipelines/prompts/benign.jsonl"]
@@ -52,6 +56,26 @@ def load_prompts(n: int) -> list[str]:
                 if len(out) == n:
                     return out
     sys.exit(f"only {len(out)} distinct prompts available, asked for {n}")
+
+
+CANNED_ANSWER = ("Sure. Start by finding out exactly what you need and who else is involved. "
+                 "Make a short plan with two or three steps, gather what you need, and do the first "
+                 "step today. If anything could hurt someone or break a rule, stop and ask someone "
+                 "you trust for advice before going further.")
+
+
+def critique_conversations(convs):
+    """The SL-CAI critique stage's conversations, built as cai.critique.SLCAI builds them."""
+    from cai.constitution import load_constitution
+    from cai.critique import few_shot_turns, sample_principle
+
+    constitution = load_constitution(ROOT / "constitution/harmless.yaml")
+    out = []
+    for i, conv in enumerate(convs):
+        p = sample_principle(constitution.critique_principles, f"bench-{i}", 1)
+        out.append(few_shot_turns(constitution, p, 1) + conv + [
+            {"role": "assistant", "content": CANNED_ANSWER}, {"role": "user", "content": p.critique}])
+    return out
 
 
 class _StepClock(StoppingCriteria):
@@ -143,6 +167,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="batched runs per batch size; the median is reported (default 3)")
+    ap.add_argument("--shape", default="respond", choices=["respond", "critique"],
+                    help="respond: the bare prompt (default); critique: the SL-CAI critique request, "
+                         "with the constitution's first few-shot example and a canned answer")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -151,10 +180,12 @@ def main(argv=None) -> int:
     n_all = max([args.prompts, *sizes])
     prompts = load_prompts(n_all)
     convs = [[{"role": "user", "content": p}] for p in prompts]
+    if args.shape == "critique":
+        convs = critique_conversations(convs)
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=0.0,
                         repetition_penalty=args.repetition_penalty)
 
-    load_before = os.getloadavg()[0]
+    load = ForeignLoad().start()
     t0 = time.perf_counter()
     backend = backends.create("transformers", model=args.model, batch_size=1, dtype=args.dtype)
     load_s = time.perf_counter() - t0
@@ -163,10 +194,8 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}")
     print(f"greedy, max_new_tokens={args.max_new_tokens}, repetition_penalty={args.repetition_penalty}, "
-          f"{n_all} distinct prompts ({args.prompts} for the main comparison), "
-          f"1-min load average at start {load_before:.2f}")
-    if load_before > 0.5:
-        print("  warning: the machine is busy; timings (and the ratio) are disturbed by other processes")
+          f"{n_all} distinct prompts ({args.prompts} for the main comparison), {args.shape} conversations "
+          f"(median {statistics.median(len(backend._encode(c)) for c in convs):.0f} prompt tokens)")
 
     # Warm-up: first calls pay for allocator growth, lazy init and oneDNN kernel selection.
     warm = Sampling(max_new_tokens=8, repetition_penalty=args.repetition_penalty)
@@ -193,26 +222,35 @@ def main(argv=None) -> int:
                              waste=1 - base["tokens"] / base["row_steps"],
                              pad=1 - base["ptoks"] / base["slots"]))
             continue
-        texts, secs, _ = run(backend, rec, convs[:n], sampling, b, one_by_one=False)
-        rows.append(dict(b=b, n=n, secs=secs, tokens=rec.tokens, tps=rec.tokens / secs,
-                         ratio=(rec.tokens / secs) / base_tps,
+        trials = []
+        for _ in range(args.repeats):  # short runs: take the median of a few against VM noise
+            texts, secs, _ = run(backend, rec, convs[:n], sampling, b, one_by_one=False)
+            trials.append((secs, texts, rec.tokens, list(rec.prefill), list(rec.steps), rec.row_steps,
+                           rec.prompt_tokens, rec.prompt_slots))
+        trials.sort(key=lambda x: x[0])
+        secs, texts, tokens, prefill, steps, row_steps, ptoks, slots = trials[len(trials) // 2]
+        rows.append(dict(b=b, n=n, secs=secs, tokens=tokens, tps=tokens / secs,
+                         ratio=(tokens / secs) / base_tps,
                          equal=sum(x == y for x, y in zip(texts, base_texts[:n])),
-                         prefill=ms(rec.prefill), step=ms(rec.steps),
-                         waste=1 - rec.tokens / rec.row_steps, pad=1 - rec.prompt_tokens / rec.prompt_slots))
+                         prefill=ms(prefill), step=ms(steps),
+                         waste=1 - tokens / row_steps, pad=1 - ptoks / slots,
+                         spread=f"{trials[0][0]:.2f}-{trials[-1][0]:.2f}s"))
         rows[-1]["base_tps"] = base_tps
 
     print()
     print(f"{'batch':>5} {'prompts':>7} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs batch 1':>10} "
-          f"{'= batch 1':>9} {'prefill ms':>10} {'step ms':>8} {'dead rows':>9} {'prompt pad':>10}")
+          f"{'= batch 1':>9} {'prefill ms':>10} {'step ms':>8} {'dead rows':>9} {'prompt pad':>10}  "
+          f"{'range'}")
     for r in rows:
         print(f"{r['b']:>5} {r['n']:>7} {r['secs']:>8.2f} {r['tokens']:>7} {r['tps']:>7.1f} "
               f"{r['ratio']:>9.2f}x {r['equal']:>4}/{r['n']:<4} {r['prefill']:>10} {r['step']:>8} "
-              f"{r['waste']:>8.1%} {r['pad']:>10.1%}")
+              f"{r['waste']:>8.1%} {r['pad']:>10.1%}  {r.get('spread', '')}")
     print("  vs batch 1: tokens/s divided by the batch-1 tokens/s over the same prompts, this run")
     print("  = batch 1: greedy outputs identical to the one-at-a-time outputs")
     print("  prefill/step ms: median time of generate()'s first step (prompt) and of each later step")
     print("  dead rows: share of computed row-steps spent on rows that had already finished")
     print("  prompt pad: share of prompt positions that were left padding")
+    print(f"  range: fastest-slowest of the {args.repeats} batched runs (the median is shown)")
 
     target = next((r for r in rows if r["b"] == TARGET_BATCH), None)
     print()
@@ -223,8 +261,8 @@ def main(argv=None) -> int:
         print(f"target: batch {TARGET_BATCH} tokens/s >= {TARGET_RATIO:.0f}x batch 1: "
               f"{'MET' if met else 'NOT MET'} ({target['tps']:.1f} vs {target['base_tps']:.1f} tok/s "
               f"= {target['ratio']:.2f}x)")
-    load_after = os.getloadavg()[0]
-    print(f"1-min load average at end {load_after:.2f}; total {time.perf_counter() - t0:.0f}s")
+    load.stop()
+    print(f"{load.describe()}; total {time.perf_counter() - t0:.0f}s")
     return 0
 
 

@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import ForeignLoad  # noqa: E402
+
 CONSTITUTION = ROOT / "constitution/harmless.yaml"
 TARGET_RATE = 2000.0
 FLAT = 1.5
@@ -182,10 +185,8 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     started = time.perf_counter()
     print(f"engine overhead: scripted backend, {CONSTITUTION.name}, rounds={args.rounds}, "
-          f"few_shot={args.few_shot}, cache on, {os.cpu_count()} CPUs, "
-          f"1-min load average {os.getloadavg()[0]:.2f}")
-    if os.getloadavg()[0] > 0.5:
-        print("  warning: the machine is busy; timings are disturbed by other processes")
+          f"few_shot={args.few_shot}, cache on, chunk_size={args.chunk_size}, {os.cpu_count()} CPUs")
+    load = ForeignLoad().start()
     runs = []
     if args.baseline:
         runs.append(("naive loop (chunk_size=1)", measure(args, args.baseline, 1, False)))
@@ -230,7 +231,8 @@ def main(argv=None) -> int:
             x = r["build"]
             print(f"dataset build at {r['n']}: {x['seconds']:.2f}s ({x['records'] / x['seconds']:.0f} "
                   f"records/s, {x['pairs']} pairs), peak RSS growth {x['growth']:.1f} MiB")
-    print(f"1-min load average at end {os.getloadavg()[0]:.2f}; total {time.perf_counter() - started:.0f}s")
+    load.stop()
+    print(f"{load.describe()}; total {time.perf_counter() - started:.0f}s")
     return 0
 
 
