@@ -46,6 +46,9 @@ class Cache:
             # NORMAL keeps WAL commits durable across a killed process (not power loss),
             # which is the crash the resume contract is about.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Random sha256 keys dirty a random page per insert; checkpointing every
+            # 1000 pages (the default) made inserts twice as slow at 100k examples.
+            self._db.execute("PRAGMA wal_autocheckpoint=10000")
             self._db.execute(_SCHEMA)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, object]:

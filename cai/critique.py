@@ -21,9 +21,10 @@ from cai import quality
 Call = Callable[[str, list[Conversation], list[str]], list[str]]
 
 
-def _uniform(*parts: object) -> float:
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return (int.from_bytes(digest[:8], "big") + 0.5) / 2**64
+def _uniform(prefix: "hashlib._Hash", last: str) -> float:
+    h = prefix.copy()
+    h.update(last.encode())
+    return (int.from_bytes(h.digest()[:8], "big") + 0.5) / 2**64
 
 
 def sample_principle(principles: Sequence[Principle], example_id: str, round_no: int,
@@ -36,7 +37,8 @@ def sample_principle(principles: Sequence[Principle], example_id: str, round_no:
     others, adding, removing or reweighting one principle changes only the draws
     that it wins or used to win.
     """
-    return min(principles, key=lambda p: -math.log(_uniform(seed, example_id, round_no, p.id)) / p.weight)
+    prefix = hashlib.sha256(f"{seed}\x1f{example_id}\x1f{round_no}\x1f".encode())
+    return min(principles, key=lambda p: -math.log(_uniform(prefix, p.id)) / p.weight)
 
 
 def few_shot_turns(constitution: Constitution, principle: Principle, limit: int | None) -> list[Message]:

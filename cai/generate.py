@@ -71,6 +71,7 @@ def load_backend(config: PipelineConfig, **options):
     options = {"model": config.model, **options}
     if config.backend == "transformers":
         options.setdefault("batch_size", config.batch_size)
+        options.setdefault("dtype", config.dtype)
     try:
         return backends.create(config.backend, **options)
     except (ModelNotFound, OSError) as exc:
@@ -91,6 +92,7 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
     summary = {
         "cai_version": __version__, "status": "running", "started": started,
         "pipeline_path": pipeline_path, "config": config.model_dump(mode="json"),
+        "constitution_path": config.constitution, "constitution_sha256": constitution.sha256,
         "constitution": {"path": config.constitution, "name": constitution.name,
                          "version": constitution.version, "sha256": constitution.sha256},
         "model": {"backend": config.backend, "spec": config.model, "identity": backend.identity},

@@ -23,6 +23,7 @@ def backend(tiny_model):
 def test_identity_is_a_content_hash(backend, tiny_model):
     again = create("transformers", model=tiny_model)
     assert backend.identity == again.identity and "@sha256:" in backend.identity
+    assert create("transformers", model=tiny_model, dtype="bfloat16").identity != backend.identity
 
 
 def test_outputs_keep_input_order_and_per_row_settings(backend):

@@ -126,7 +126,9 @@ def test_dataset_is_rebuilt_from_records_only(tmp_path):
     summary = run(pipeline)
     run_json = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run_json["status"] == "complete"
-    assert run_json["constitution"]["sha256"] == summary["constitution"]["sha256"]
+    assert run_json["constitution_sha256"] == summary["constitution"]["sha256"]
+    assert run_json["constitution_path"] == str((tmp_path / "constitution.yaml").resolve())
+    assert run_json["counts"]["model_calls"] == 12 * 5 and run_json["counts"]["cache_hits"] == 0
     assert run_json["counts"]["records"] == 12
     assert set(run_json["timings"]["stages"]) == {"respond", "critique", "revise"}
     assert "torch" in run_json["versions"]

@@ -8,7 +8,7 @@ requests for an API), so the engine never loops over single examples.
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 Message = dict  # {"role": "user" | "assistant" | "system", "content": str}
@@ -32,10 +32,12 @@ class Sampling:
 
     def key(self) -> dict:
         """What the output depends on: greedy calls share cache entries whatever the seed."""
-        d = asdict(self)
+        # Built by hand: dataclasses.asdict deep-copies, and this runs for every call.
         if self.greedy:
-            d.update(temperature=0.0, top_p=1.0, seed=None)
-        return d
+            return {"max_new_tokens": self.max_new_tokens, "temperature": 0.0, "top_p": 1.0,
+                    "repetition_penalty": self.repetition_penalty, "seed": None}
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "repetition_penalty": self.repetition_penalty, "seed": self.seed}
 
 
 @runtime_checkable

@@ -25,7 +25,8 @@ class TransformersBackend:
     def __init__(self, model: str | None = None, batch_size: int = 16, device: str | None = None,
                  dtype: str = "float32", max_input_tokens: int = 4096):
         ref = models.resolve(model)
-        self.identity = ref.identity
+        # Outputs differ by dtype, so cache keys must too.
+        self.identity = ref.identity if dtype == "float32" else f"{ref.identity}|{dtype}"
         self.batch_size = max(1, batch_size)
         self.max_input_tokens = max_input_tokens
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
