@@ -91,9 +91,13 @@ def embedded_checkpoint() -> ModelRef:
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
+    import sys
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    print(f"cai: converting the embedded model to a plain checkpoint in {target} "
+          "(once, about 20 s)", file=sys.stderr, flush=True)
     folder, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from cai import models
 from cai.backends import Conversation, Progress, Sampling
@@ -22,8 +23,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class TransformersBackend:
     supports_logprobs = True
 
-    def __init__(self, model: str | None = None, batch_size: int = 16, device: str | None = None,
+    def __init__(self, model: str | None = None, batch_size: int = 32, device: str | None = None,
                  dtype: str = "float32", max_input_tokens: int = 4096):
+        # Our own progress shows per stage; transformers' per-load bars are noise there.
+        hf_logging.disable_progress_bar()
         ref = models.resolve(model)
         # Outputs differ by dtype, so cache keys must too.
         self.identity = ref.identity if dtype == "float32" else f"{ref.identity}|{dtype}"
