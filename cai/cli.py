@@ -79,6 +79,12 @@ def generate(
     if not c["pairs"]:
         err.print("[yellow]warning:[/yellow] no pairs passed the quality gates; see records/ for the reasons")
     print(summary["dataset_path"])
+    if c["failed"]:
+        first = c["errors"][0]
+        err.print(f"[red]error:[/red] {c['failed']} prompts failed and are left for the next run "
+                  f"(first: {first['id']} at {first['stage']}: {escape(first['error'])}); "
+                  "run the same command again to retry them", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -12,13 +12,13 @@ import hashlib
 import math
 from typing import Callable, Sequence
 
-from cai.backends import Conversation, Message
+from cai.backends import CallFailed, Conversation, Message
 from cai.constitution import Constitution, Principle
 from cai import quality
 
-# (stage name, conversations, example ids) -> completions; the engine supplies caching,
-# per-call seeds and progress.
-Call = Callable[[str, list[Conversation], list[str]], list[str]]
+# (stage name, conversations, example ids) -> completions or CallFailed; the engine
+# supplies caching, per-call seeds and progress.
+Call = Callable[[str, list[Conversation], list[str]], list["str | CallFailed"]]
 
 
 def _uniform(prefix: "hashlib._Hash", last: str) -> float:
@@ -76,25 +76,43 @@ class SLCAI:
         return names
 
     def run(self, records: list[dict], call: Call) -> None:
-        """Fill each record's initial answer, rounds, final revision and flags, in place."""
-        ids = [r["id"] for r in records]
-        histories: list[list[Message]] = [[{"role": "user", "content": r["prompt"]}] for r in records]
-        answers = call("respond", [self.system + h for h in histories], ids)
-        for rec, hist, answer in zip(records, histories, answers):
-            rec["initial"] = answer
-            hist.append({"role": "assistant", "content": answer})
-        latest = list(answers)
+        """Fill each record's initial answer, rounds, final revision and flags, in place.
+
+        A record whose call failed gets `failed` (stage, error) and takes no further stage.
+        """
+        live = [{"rec": r, "hist": [{"role": "user", "content": r["prompt"]}]} for r in records]
+
+        def ask(stage: str, states: list[dict], conversations: list[Conversation]) -> list[tuple[dict, str]]:
+            outputs = call(stage, conversations, [st["rec"]["id"] for st in states])
+            done = []
+            for st, out in zip(states, outputs):
+                if isinstance(out, CallFailed):
+                    st["rec"]["failed"] = {"stage": stage, "error": str(out)}
+                else:
+                    done.append((st, out))
+            return done
+
+        answered = ask("respond", live, [self.system + st["hist"] for st in live])
+        for st, answer in answered:
+            st["rec"]["initial"] = st["latest"] = answer
+            st["hist"].append({"role": "assistant", "content": answer})
+        live = [st for st, _ in answered]
         for r in range(1, self.rounds + 1):
-            chosen = [sample_principle(self.principles, i, r, self.seed) for i in ids]
-            prefixes = [self.system + few_shot_turns(self.constitution, p, self.few_shot) for p in chosen]
-            asks = [h + [{"role": "user", "content": p.critique}] for h, p in zip(histories, chosen)]
-            critiques = call(f"critique:{r}", [pre + a for pre, a in zip(prefixes, asks)], ids)
-            revise_asks = [a + [{"role": "assistant", "content": c}, {"role": "user", "content": p.revision}]
-                           for a, c, p in zip(asks, critiques, chosen)]
-            raws = call(f"revise:{r}", [pre + a for pre, a in zip(prefixes, revise_asks)], ids)
-            for k, (rec, p, crit, raw) in enumerate(zip(records, chosen, critiques, raws)):
+            for st in live:
+                st["principle"] = p = sample_principle(self.principles, st["rec"]["id"], r, self.seed)
+                st["prefix"] = self.system + few_shot_turns(self.constitution, p, self.few_shot)
+                st["ask"] = st["hist"] + [{"role": "user", "content": p.critique}]
+            criticised = ask(f"critique:{r}", live, [st["prefix"] + st["ask"] for st in live])
+            for st, crit in criticised:
+                st["critique"] = crit
+                st["ask"] = st["ask"] + [{"role": "assistant", "content": crit},
+                                         {"role": "user", "content": st["principle"].revision}]
+            live = [st for st, _ in criticised]
+            revised = ask(f"revise:{r}", live, [st["prefix"] + st["ask"] for st in live])
+            for st, raw in revised:
+                p, crit = st["principle"], st["critique"]
                 revision, stripped = quality.strip_meta(raw)
-                rec["rounds"].append({
+                st["rec"]["rounds"].append({
                     "round": r,
                     "principle_id": p.id,
                     "critique_request": p.critique,
@@ -103,11 +121,12 @@ class SLCAI:
                     "revision": revision,
                     "revision_raw": raw,
                     "meta_stripped": stripped,
-                    "critique_problem": quality.critique_problem(crit, latest[k]),
+                    "critique_problem": quality.critique_problem(crit, st["latest"]),
                     "revision_problem": quality.revision_problem(raw, revision, crit),
                 })
-                histories[k] = revise_asks[k] + [{"role": "assistant", "content": revision}]
-                latest[k] = revision
-        for rec, final in zip(records, latest):
-            rec["final"] = final
-            rec["flags"] = quality.record_flags(rec)
+                st["hist"] = st["ask"] + [{"role": "assistant", "content": revision}]
+                st["latest"] = revision
+            live = [st for st, _ in revised]
+        for st in live:
+            st["rec"]["final"] = st["latest"]
+            st["rec"]["flags"] = quality.record_flags(st["rec"])

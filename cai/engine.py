@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cai.backends import Backend, Conversation, Sampling
+from cai.backends import Backend, CallFailed, Conversation, Sampling
 from cai.cache import Cache, call_key
 from cai.config import PipelineConfig
 from cai.constitution import Constitution
@@ -32,6 +32,9 @@ class Stats:
     cache_hits: int = 0
     resumed: int = 0
     generated: int = 0
+    failed: int = 0  # examples left pending because a call failed; retried by the next run
+    failed_calls: int = 0
+    errors: list = field(default_factory=list)  # a few (stage, error) samples for run.json
     stage_seconds: Counter = field(default_factory=Counter)
 
 
@@ -93,7 +96,9 @@ class Engine:
             )
             self.stats.model_calls += len(missing)
             new = {keys[i]: out for i, out in zip(missing, outputs)}
-            self.cache.put_many((k, model, v) for k, v in new.items())
+            # Failures are answered this time but never cached: the next run retries them.
+            self.cache.put_many((k, model, v) for k, v in new.items() if not isinstance(v, CallFailed))
+            self.stats.failed_calls += sum(isinstance(v, CallFailed) for v in new.values())
             found.update(new)
         self.stats.stage_seconds[stage.split(":")[0]] += time.perf_counter() - started
         return [found[k] for k in keys]
@@ -120,10 +125,15 @@ class Engine:
                                       {**meta, "prompt_sha": _prompt_digest(ex["prompt"])})
                            for ex in chunk]
                 self.program.run(records, self._call)
+                done = [rec for rec in records if "failed" not in rec]
                 for rec in records:
                     rec["created"] = time.time()
-                self.store.append(records)
-                self.stats.generated += len(records)
+                    if "failed" in rec:
+                        self.stats.failed += 1
+                        if len(self.stats.errors) < 5:
+                            self.stats.errors.append({"id": rec["id"], **rec["failed"]})
+                self.store.append(done)
+                self.stats.generated += len(done)
         finally:
             self.cache.close()
         return self.stats

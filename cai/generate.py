@@ -108,7 +108,7 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
         raise
     built = dataset.build(engine.current_records(examples), out, config.test_size)
     summary.update(
-        status="complete", finished=time.time(),
+        status="incomplete" if stats.failed else "complete", finished=time.time(),
         counts={**_counts(stats, len(examples)), **built},
         timings={"total_seconds": round(time.time() - started, 3),
                  "load_seconds": round(load_seconds, 3),
@@ -121,4 +121,5 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
 
 def _counts(stats, n_prompts: int) -> dict:
     return {"prompts": n_prompts, "model_calls": stats.model_calls, "cache_hits": stats.cache_hits,
-            "resumed": stats.resumed, "generated": stats.generated}
+            "resumed": stats.resumed, "generated": stats.generated, "failed": stats.failed,
+            "failed_calls": stats.failed_calls, "errors": stats.errors}

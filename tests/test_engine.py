@@ -182,3 +182,56 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
         return sorted((r["id"], r["chosen"][0]["content"]) for split in ds.values() for r in split)
 
     assert rows(tmp_path / "run") == rows(tmp_path / "clean")
+
+
+class Flaky(Recorder):
+    """Fails every call for the chosen example ids at the chosen stage."""
+
+    def __init__(self, inner, fail_ids, stage_marker):
+        super().__init__(inner)
+        self.fail_ids, self.marker = fail_ids, stage_marker
+
+    def chat(self, conversations, sampling, progress=None):
+        out = super().chat(conversations, sampling, progress)
+        from cai.backends import CallFailed
+
+        return [CallFailed("HTTP 503 after 5 retries")
+                if any(f"number {n} " in c[-1]["content"] for n in self.fail_ids) and self.marker(c) else o
+                for c, o in zip(conversations, out)]
+
+
+def test_failed_calls_leave_examples_pending_and_the_next_run_retries_them(tmp_path):
+    pipeline = write_pipeline(tmp_path, n_prompts=10)
+    # Fail the answer ("respond": the only stage whose last turn is the prompt) for prompts 3 and 7.
+    flaky = Flaky(ScriptedBackend("echo"), {3, 7}, lambda conv: len(conv) == 1)
+    first = run(pipeline, flaky)
+    assert first["status"] == "incomplete"
+    assert first["counts"]["failed"] == 2 and first["counts"]["failed_calls"] == 2
+    assert first["counts"]["errors"][0]["stage"] == "respond"
+    assert "503" in first["counts"]["errors"][0]["error"]
+    assert sorted(records_by_id(tmp_path / "out")) == [f"p-{i:05d}" for i in range(10) if i not in (3, 7)]
+    healthy = Recorder(ScriptedBackend("echo"))
+    second = run(pipeline, healthy)
+    assert second["status"] == "complete" and second["counts"]["failed"] == 0
+    assert second["counts"]["model_calls"] == 2 * 5  # only the two failed examples, all stages
+    recs = records_by_id(tmp_path / "out")
+    assert len(recs) == 10 and all(len(v) == 1 for v in recs.values())
+
+
+def test_cli_exits_1_and_says_how_to_retry_when_calls_fail(tmp_path, monkeypatch, capsys):
+    import typer
+
+    from cai import cli, generate as gen
+
+    pipeline = write_pipeline(tmp_path, n_prompts=4)
+    flaky = Flaky(ScriptedBackend("echo"), {1}, lambda conv: len(conv) == 1)
+    monkeypatch.setattr(gen, "load_backend", lambda config, **kw: flaky)
+    try:
+        cli.generate(pipeline=pipeline, constitution=None, prompts=None, model=None, backend=None,
+                     limit=None, rounds=None, batch_size=None, seed=None, out=None, no_cache=False)
+        code = 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "1 prompts failed" in err and "run the same command again" in err

@@ -40,6 +40,14 @@ class Sampling:
                 "top_p": self.top_p, "repetition_penalty": self.repetition_penalty, "seed": self.seed}
 
 
+class CallFailed(Exception):
+    """A call that still failed after the backend's own retries.
+
+    Returned in place of its completion, never raised, so one bad request does
+    not sink a stage batch: the engine leaves that example pending for the next run.
+    """
+
+
 @runtime_checkable
 class Backend(Protocol):
     identity: str  # model id + content hash or revision, for cache keys and provenance
@@ -48,7 +56,7 @@ class Backend(Protocol):
     def chat(
         self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
         progress: Progress | None = None,
-    ) -> list[str]:
+    ) -> list[str | CallFailed]:
         """One completion per conversation (sampling given per conversation)."""
 
     def choice_logprobs(
