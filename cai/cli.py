@@ -47,7 +47,8 @@ def generate(
     constitution: Optional[Path] = typer.Option(None, help="Constitution YAML, instead of the pipeline's."),
     prompts: Optional[List[str]] = typer.Option(None, help="Prompt file (.jsonl/.json/.csv/.parquet), dataset folder or hf:NAME; repeat for several."),
     model: Optional[str] = typer.Option(None, help="`embedded` (SmolLM2-135M-Instruct, shipped), a local checkpoint folder or a hub id."),
-    backend: Optional[str] = typer.Option(None, help="Backend that runs the model: transformers or scripted."),
+    backend: Optional[str] = typer.Option(None, help="Backend that runs the model: transformers (in-process), openai (any OpenAI-compatible server) or scripted (instant stand-in)."),
+    base_url: Optional[str] = typer.Option(None, help="openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1. The key is read from the variable named by the pipeline's api_key_env (default OPENAI_API_KEY)."),
     limit: Optional[int] = typer.Option(None, help="Use at most this many prompts (taken round-robin across prompt files)."),
     rounds: Optional[int] = typer.Option(None, help="Critique -> revision rounds per prompt."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per forward pass in the transformers backend."),
@@ -63,7 +64,7 @@ def generate(
     try:
         config = load_pipeline(
             pipeline, constitution=str(constitution) if constitution else None, prompts=prompts,
-            model=model, backend=backend, limit=limit, rounds=rounds, batch_size=batch_size,
+            model=model, backend=backend, base_url=base_url, limit=limit, rounds=rounds, batch_size=batch_size,
             seed=seed, out=str(out) if out else None, cache=False if no_cache else None,
         )
         with StageProgress(err) as progress:

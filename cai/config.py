@@ -53,8 +53,12 @@ class PipelineConfig(_Strict):
     constitution: str
     prompts: list[PromptSource] = Field(min_length=1)
     limit: int | None = Field(None, gt=0)
-    backend: Literal["transformers", "scripted"] = "transformers"
+    backend: Literal["transformers", "openai", "scripted"] = "transformers"
     model: str = "embedded"
+    base_url: str | None = None  # openai backend: the server's /v1 URL (default: OpenAI's)
+    api_key_env: str = "OPENAI_API_KEY"  # openai backend: the variable holding the key, never the key
+    concurrency: int = Field(16, gt=0, le=1024)  # openai backend: requests in flight
+    timeout: float = Field(120.0, gt=0)  # openai backend: seconds per request
     # 32 rows per forward pass: ~9-10x the tokens/s of one at a time on 2 CPU cores (bench/batching.py)
     batch_size: int = Field(32, gt=0, le=4096)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: faster on CPUs with avx512_bf16

@@ -72,10 +72,23 @@ def load_backend(config: PipelineConfig, **options):
     if config.backend == "transformers":
         options.setdefault("batch_size", config.batch_size)
         options.setdefault("dtype", config.dtype)
+    if config.backend == "openai":
+        if config.model == "embedded":
+            raise InputError([Problem("--model", None, "", "name the model the server serves (the openai backend has no embedded model)")])
+        options.update(base_url=config.base_url, api_key_env=config.api_key_env,
+                       concurrency=config.concurrency, timeout=config.timeout)
+    from cai.backends.openai_api import MissingAPIKey, UnknownModel
+
     try:
         return backends.create(config.backend, **options)
-    except (ModelNotFound, OSError) as exc:
+    except (ModelNotFound, UnknownModel) as exc:
         # A model path or id that cannot be loaded is bad input, not a crash.
+        raise InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])]) from None
+    except MissingAPIKey as exc:
+        raise InputError([Problem("api_key_env", None, "", str(exc))]) from None
+    except ConnectionError as exc:
+        raise RuntimeError(str(exc).splitlines()[0]) from None
+    except OSError as exc:
         raise InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])]) from None
 
 

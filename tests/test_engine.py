@@ -219,19 +219,14 @@ def test_failed_calls_leave_examples_pending_and_the_next_run_retries_them(tmp_p
 
 
 def test_cli_exits_1_and_says_how_to_retry_when_calls_fail(tmp_path, monkeypatch, capsys):
-    import typer
+    from typer.testing import CliRunner
 
     from cai import cli, generate as gen
 
     pipeline = write_pipeline(tmp_path, n_prompts=4)
     flaky = Flaky(ScriptedBackend("echo"), {1}, lambda conv: len(conv) == 1)
     monkeypatch.setattr(gen, "load_backend", lambda config, **kw: flaky)
-    try:
-        cli.generate(pipeline=pipeline, constitution=None, prompts=None, model=None, backend=None,
-                     limit=None, rounds=None, batch_size=None, seed=None, out=None, no_cache=False)
-        code = 0
-    except typer.Exit as exc:
-        code = exc.exit_code
-    assert code == 1
-    err = capsys.readouterr().err
+    result = CliRunner().invoke(cli.app, ["generate", str(pipeline)])
+    assert result.exit_code == 1
+    err = result.stderr + capsys.readouterr().err
     assert "1 prompts failed" in err and "run the same command again" in err

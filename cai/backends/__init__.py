@@ -70,6 +70,7 @@ class Backend(Protocol):
 REGISTRY = {
     "transformers": ("cai.backends.hf", "TransformersBackend", None),
     "scripted": ("cai.backends.scripted", "ScriptedBackend", None),
+    "openai": ("cai.backends.openai_api", "OpenAIBackend", None),
 }
 
 

@@ -1,0 +1,123 @@
+"""Any OpenAI-compatible chat API (OpenAI, Together, `vllm serve`, llama.cpp's server).
+
+A stage batch becomes concurrent requests, at most `concurrency` in flight.
+Retries are the openai client's own: exponential backoff with jitter that
+honours Retry-After, on 429, 5xx, timeouts and dropped connections. A request
+that still fails comes back as CallFailed, so the engine keeps its example
+for the next run instead of losing the batch. The API key is read from the
+environment variable the pipeline names and lives only in the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from typing import Sequence
+
+import openai
+
+from cai.backends import CallFailed, Conversation, Progress, Sampling
+
+
+class MissingAPIKey(ValueError):
+    pass
+
+
+class UnknownModel(ValueError):
+    pass
+
+
+class OpenAIBackend:
+    supports_logprobs = True  # via top_logprobs; a server without them fails the call clearly
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, **_):
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise MissingAPIKey(f"environment variable {api_key_env} is not set (it holds the API key)")
+        self.model = model
+        self.identity = f"api:{model}"  # the same model behind another URL gives the same answers
+        self.concurrency = max(1, concurrency)
+        self.stats = {"requests": 0, "failed": 0}
+        self._client_args = dict(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries)
+        self._preflight()
+
+    def _preflight(self) -> None:
+        """Fail in seconds, before any long work, on an unreachable server or an unserved model."""
+        args = {**self._client_args, "max_retries": 1, "timeout": 15.0}
+        with openai.OpenAI(**args) as client:
+            try:
+                served = [m.id for m in client.models.list()]
+            except openai.APIConnectionError as exc:
+                raise ConnectionError(f"cannot reach {client.base_url}: {exc}") from None
+            except openai.AuthenticationError as exc:
+                raise MissingAPIKey(f"the server refused the API key: {exc.message}") from None
+            except openai.APIStatusError:
+                return  # some servers do not list models; the first call will tell
+        if served and self.model not in served:
+            raise UnknownModel(f"the server does not serve {self.model!r} (it serves: {', '.join(served[:10])})")
+
+    def _run(self, jobs, progress: Progress | None, unit: int = 1):
+        async def main():
+            # One client per event loop: httpx connections cannot cross loops.
+            async with openai.AsyncOpenAI(**self._client_args) as client:
+                gate = asyncio.Semaphore(self.concurrency)
+
+                async def one(job):
+                    async with gate:
+                        self.stats["requests"] += 1
+                        try:
+                            return await job(client)
+                        except (openai.APIError, ValueError) as exc:
+                            self.stats["failed"] += 1
+                            return CallFailed(f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+                        finally:
+                            if progress:
+                                progress(unit)
+
+                return await asyncio.gather(*(one(j) for j in jobs))
+
+        return asyncio.run(main())
+
+    def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
+             progress: Progress | None = None) -> list[str | CallFailed]:
+        def job(conv, s: Sampling):
+            async def call(client):
+                extra = {"seed": s.seed} if not s.greedy and s.seed is not None else {}
+                resp = await client.chat.completions.create(
+                    model=self.model, messages=conv, max_tokens=s.max_new_tokens,
+                    temperature=s.temperature, top_p=s.top_p, **extra,
+                )
+                content = resp.choices[0].message.content
+                if content is None:
+                    raise ValueError("the server returned no message content")
+                return content.strip()
+            return call
+
+        return self._run([job(c, s) for c, s in zip(conversations, sampling)], progress)
+
+    def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
+                        progress: Progress | None = None) -> list[list[float] | CallFailed]:
+        """Log-probability of each choice's first token as the reply's first token.
+
+        Chat APIs cannot score a given continuation, only report the top
+        alternatives for the token they generate, so choices must differ in their
+        first token (" A" / " B", not "(A)" / "(B)"). A choice outside the top 20
+        gets a log-probability below every listed one.
+        """
+        def job(conv):
+            async def call(client):
+                resp = await client.chat.completions.create(
+                    model=self.model, messages=conv, max_tokens=1, temperature=0.0,
+                    logprobs=True, top_logprobs=20,
+                )
+                content = resp.choices[0].logprobs and resp.choices[0].logprobs.content
+                if not content:
+                    raise ValueError("the server returned no logprobs: it cannot judge with soft labels")
+                top = {t.token.strip(): t.logprob for t in content[0].top_logprobs}
+                floor = min(top.values(), default=0.0) - math.log(2)
+                return [top.get(c.strip(), floor) for c in choices]
+            return call
+
+        return self._run([job(c) for c in conversations], progress, unit=len(choices))

@@ -1,0 +1,166 @@
+"""The openai backend against a loopback OpenAI-compatible stub: concurrency, retries,
+failures that leave examples pending, preflight errors, and the API key kept secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cai.backends import CallFailed, Sampling, create
+from conftest import write_pipeline
+
+KEY = "sk-canary-7f3a9c2e51"
+
+
+class Stub:
+    """A tiny chat-completions server. `fail(body, attempt)` may return (status, headers)."""
+
+    def __init__(self, fail=None, model="stub-model"):
+        self.fail = fail or (lambda body, attempt: None)
+        self.model = model
+        self.lock = threading.Lock()
+        self.attempts: dict[str, int] = {}
+        self.in_flight = self.max_in_flight = self.requests = 0
+        self.bad_auth = 0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, status, payload, headers=()):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": stub.model, "object": "model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.headers.get("Authorization") != f"Bearer {KEY}":
+                    stub.bad_auth += 1
+                last = body["messages"][-1]["content"]
+                with stub.lock:
+                    stub.requests += 1
+                    stub.in_flight += 1
+                    stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                    attempt = stub.attempts[last] = stub.attempts.get(last, 0) + 1
+                try:
+                    threading.Event().wait(0.01)
+                    failure = stub.fail(body, attempt)
+                    if failure:
+                        status, headers = failure
+                        return self._send(status, {"error": {"message": "injected"}}, headers)
+                    msg = {"role": "assistant", "content": f"echo: {last}"}
+                    choice = {"index": 0, "message": msg, "finish_reason": "stop"}
+                    if body.get("logprobs"):
+                        top = [{"token": " A", "logprob": -0.2, "bytes": None},
+                               {"token": " B", "logprob": -1.8, "bytes": None}]
+                        choice["logprobs"] = {"content": [{"token": " A", "logprob": -0.2, "bytes": None,
+                                                           "top_logprobs": top}]}
+                    self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
+                                     "model": stub.model, "choices": [choice]})
+                finally:
+                    with stub.lock:
+                        stub.in_flight -= 1
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def stub(request, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    s = Stub(getattr(request, "param", None))
+    yield s
+    s.close()
+
+
+def convs(n):
+    return [[{"role": "user", "content": f"question {i}"}] for i in range(n)]
+
+
+def test_batch_runs_concurrently_in_order(stub):
+    backend = create("openai", model="stub-model", base_url=stub.url, concurrency=4)
+    done = []
+    out = backend.chat(convs(20), [Sampling(max_new_tokens=8)] * 20, progress=done.append)
+    assert out == [f"echo: question {i}" for i in range(20)]
+    assert 1 < stub.max_in_flight <= 4 and sum(done) == 20
+    assert stub.bad_auth == 0
+
+
+@pytest.mark.parametrize("stub", [lambda body, attempt: (429, [("Retry-After", "1")]) if attempt == 1 else None],
+                         indirect=True)
+def test_429_with_retry_after_is_retried_by_the_client(stub):
+    backend = create("openai", model="stub-model", base_url=stub.url, concurrency=8)
+    out = backend.chat(convs(6), [Sampling()] * 6)
+    assert out == [f"echo: question {i}" for i in range(6)]
+    assert stub.requests == 12  # each refused once, then served
+
+
+@pytest.mark.parametrize("stub", [lambda body, attempt: (500, []) if "question 2" in str(body["messages"]) else None],
+                         indirect=True)
+def test_a_request_that_keeps_failing_comes_back_as_call_failed(stub):
+    backend = create("openai", model="stub-model", base_url=stub.url, max_retries=1)
+    out = backend.chat(convs(4), [Sampling()] * 4)
+    assert isinstance(out[2], CallFailed) and "500" in str(out[2])
+    assert out[:2] + out[3:] == ["echo: question 0", "echo: question 1", "echo: question 3"]
+    assert stub.attempts["question 2"] == 2  # first try + one retry
+
+
+def test_choice_logprobs_from_top_logprobs(stub):
+    backend = create("openai", model="stub-model", base_url=stub.url)
+    (scores,) = backend.choice_logprobs(convs(1), [" A", " B", " C"])
+    assert scores[0] == pytest.approx(-0.2) and scores[1] == pytest.approx(-1.8)
+    assert scores[2] < scores[1]  # absent from the top list: below every listed token
+
+
+def _cli(args, env, cwd):
+    return subprocess.run([sys.executable, "-m", "cai", "generate", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=120)
+
+
+def test_generate_over_the_api_and_the_key_is_written_nowhere(stub, tmp_path):
+    pipeline = write_pipeline(tmp_path, n_prompts=6, backend="openai", model="stub-model")
+    env = {**os.environ, "OPENAI_API_KEY": KEY}
+    res = _cli([str(pipeline), "--base-url", stub.url, "--out", str(tmp_path / "run")], env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["counts"]["records"] == 6 and run["model"]["identity"] == "api:stub-model"
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in res.stdout + res.stderr
+
+
+def test_bad_api_setups_fail_fast_with_one_line(stub, tmp_path):
+    pipeline = write_pipeline(tmp_path, n_prompts=2, backend="openai", model="stub-model")
+    out = ["--out", str(tmp_path / "run")]
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    no_key = _cli([str(pipeline), "--base-url", stub.url, *out], env, tmp_path)
+    assert no_key.returncode == 2 and "OPENAI_API_KEY is not set" in no_key.stderr
+    env["OPENAI_API_KEY"] = KEY
+    unserved = _cli([str(pipeline), "--base-url", stub.url, "--model", "other", *out], env, tmp_path)
+    assert unserved.returncode == 2 and "does not serve 'other'" in unserved.stderr
+    unreachable = _cli([str(pipeline), "--base-url", "http://127.0.0.1:9/v1", *out], env, tmp_path)
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+    for res in (no_key, unserved, unreachable):
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
