@@ -59,6 +59,9 @@ class PipelineConfig(_Strict):
     api_key_env: str = "OPENAI_API_KEY"  # openai backend: the variable holding the key, never the key
     concurrency: int = Field(16, gt=0, le=1024)  # openai backend: requests in flight
     timeout: float = Field(120.0, gt=0)  # openai backend: seconds per request
+    # openai backend: server-specific request fields, e.g. {repeat_penalty: 1.0} for llama.cpp
+    # or {repetition_penalty: 1.1} for vLLM (the OpenAI API itself rejects unknown fields).
+    extra_body: dict = {}
     # 32 rows per forward pass: ~9-10x the tokens/s of one at a time on 2 CPU cores (bench/batching.py)
     batch_size: int = Field(32, gt=0, le=4096)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: faster on CPUs with avx512_bf16

@@ -76,7 +76,8 @@ def load_backend(config: PipelineConfig, **options):
         if config.model == "embedded":
             raise InputError([Problem("--model", None, "", "name the model the server serves (the openai backend has no embedded model)")])
         options.update(base_url=config.base_url, api_key_env=config.api_key_env,
-                       concurrency=config.concurrency, timeout=config.timeout)
+                       concurrency=config.concurrency, timeout=config.timeout,
+                       extra_body=config.extra_body)
     from cai.backends.openai_api import MissingAPIKey, UnknownModel
 
     try:

@@ -11,6 +11,7 @@ environment variable the pipeline names and lives only in the client.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 from typing import Sequence
@@ -32,12 +33,16 @@ class OpenAIBackend:
     supports_logprobs = True  # via top_logprobs; a server without them fails the call clearly
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, **_):
+                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6,
+                 extra_body: dict | None = None, **_):
         key = os.environ.get(api_key_env)
         if not key:
             raise MissingAPIKey(f"environment variable {api_key_env} is not set (it holds the API key)")
         self.model = model
-        self.identity = f"api:{model}"  # the same model behind another URL gives the same answers
+        # The same model behind another URL gives the same answers; server-specific
+        # sampling fields (extra_body) change them, so they are part of the identity.
+        self.extra_body = dict(extra_body or {})
+        self.identity = f"api:{model}" + (f"|{json.dumps(self.extra_body, sort_keys=True)}" if self.extra_body else "")
         self.concurrency = max(1, concurrency)
         self.stats = {"requests": 0, "failed": 0}
         self._client_args = dict(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries)
@@ -87,7 +92,7 @@ class OpenAIBackend:
                 extra = {"seed": s.seed} if not s.greedy and s.seed is not None else {}
                 resp = await client.chat.completions.create(
                     model=self.model, messages=conv, max_tokens=s.max_new_tokens,
-                    temperature=s.temperature, top_p=s.top_p, **extra,
+                    temperature=s.temperature, top_p=s.top_p, extra_body=self.extra_body or None, **extra,
                 )
                 content = resp.choices[0].message.content
                 if content is None:
@@ -110,7 +115,7 @@ class OpenAIBackend:
             async def call(client):
                 resp = await client.chat.completions.create(
                     model=self.model, messages=conv, max_tokens=1, temperature=0.0,
-                    logprobs=True, top_logprobs=20,
+                    logprobs=True, top_logprobs=20, extra_body=self.extra_body or None,
                 )
                 content = resp.choices[0].logprobs and resp.choices[0].logprobs.content
                 if not content:
