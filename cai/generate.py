@@ -117,13 +117,15 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
         stats = engine.run(examples)
     except BaseException as exc:
         summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                       error=f"{type(exc).__name__}: {exc}", counts=_counts(engine.stats, len(examples)))
+                       error=f"{type(exc).__name__}: {exc}", counts=_counts(engine.stats, len(examples)),
+                       backend_stats=dict(getattr(backend, "stats", {})))
         write_json(out / "run.json", summary)
         raise
     built = dataset.build(engine.current_records(examples), out, config.test_size)
     summary.update(
         status="incomplete" if stats.failed else "complete", finished=time.time(),
         counts={**_counts(stats, len(examples)), **built},
+        backend_stats=dict(getattr(backend, "stats", {})),
         timings={"total_seconds": round(time.time() - started, 3),
                  "load_seconds": round(load_seconds, 3),
                  "stages": {k: round(v, 3) for k, v in stats.stage_seconds.items()}},

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -111,3 +112,110 @@ def test_cai_generate_over_the_server(server, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0
     assert json.loads((out / "run.json").read_text())["counts"]["model_calls"] == 0
+
+
+class FaultProxy:
+    """Loopback proxy to the server that spoils every fifth request (20 %), cycling through
+    429 with Retry-After, 500, a response slower than the client's timeout, and a dropped
+    connection."""
+
+    KINDS = ("429", "500", "slow", "drop")
+
+    def __init__(self, upstream: str, slow_seconds: float):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.faults: dict[str, int] = {k: 0 for k in self.KINDS}
+        lock, counter, proxy = threading.Lock(), [0], self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _relay(self, method, body=None):
+                req = urllib.request.Request(upstream.rsplit("/v1", 1)[0] + self.path, data=body, method=method,
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=600) as resp:
+                        status, data = resp.status, resp.read()
+                except urllib.error.HTTPError as exc:
+                    status, data = exc.code, exc.read()
+                self._send(status, data)
+
+            def _send(self, status, data, headers=()):
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in headers:
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the client gave up first (the slow fault)
+
+            def do_GET(self):
+                self._relay("GET")
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    n = counter[0] = counter[0] + 1
+                kind = proxy.KINDS[(n // 5) % 4] if n % 5 == 2 else None
+                if kind:
+                    proxy.faults[kind] += 1
+                if kind == "429":
+                    return self._send(429, b'{"error": {"message": "slow down"}}', [("Retry-After", "1")])
+                if kind == "500":
+                    return self._send(500, b'{"error": {"message": "injected"}}')
+                if kind == "drop":
+                    self.close_connection = True
+                    return self.connection.shutdown(socket.SHUT_RDWR)
+                if kind == "slow":
+                    time.sleep(slow_seconds)
+                self._relay("POST", body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_faults_at_20_percent_change_nothing_but_the_retry_count(server, tmp_path):
+    def pipeline(name: str, url: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
+            f"name: {name}\nconstitution: {ROOT / 'constitution' / 'harmless.yaml'}\n"
+            f"prompts: [{ROOT / 'pipelines' / 'prompts' / 'benign.jsonl'}]\n"
+            f"backend: openai\nmodel: smollm2\nbase_url: {url}\nlimit: 5\nrounds: 1\nfew_shot: 1\n"
+            f"concurrency: 2\ntimeout: 15\nextra_body: {{repeat_penalty: 1.1}}\nout: {tmp_path / name}\n"
+            "sampling: {respond: {max_new_tokens: 48}, critique: {max_new_tokens: 48}, revise: {max_new_tokens: 48}}\n"
+        )
+        return path
+
+    env = {**os.environ, "OPENAI_API_KEY": KEY}
+    proxy = FaultProxy(server, slow_seconds=17)
+    for name, url in (("clean", server), ("faulty", proxy.url)):
+        done = subprocess.run([sys.executable, "-m", "cai", "generate", str(pipeline(name, url))],
+                              capture_output=True, text=True, env=env, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+    proxy.server.shutdown()
+    clean, faulty = (json.loads((tmp_path / n / "run.json").read_text()) for n in ("clean", "faulty"))
+    assert all(proxy.faults.values()), proxy.faults  # every kind of fault happened
+    assert faulty["status"] == "complete" and faulty["counts"]["failed"] == 0
+    assert faulty["backend_stats"]["retries"] >= sum(proxy.faults.values())
+    assert clean["backend_stats"]["retries"] == 0
+
+    def rows(name):
+        if not list((tmp_path / name / "sft").glob("*.parquet")):
+            return []  # every record flagged: no pairs to load
+        ds = datasets.load_dataset(str(tmp_path / name / "sft"))
+        return sorted((r["id"], json.dumps(r["messages"])) for s in ds.values() for r in s)
+
+    def records(name):
+        recs = [json.loads(l) for f in sorted((tmp_path / name / "records").glob("shard-*")) for l in open(f)]
+        return sorted((r["id"], r["initial"], r["final"]) for r in recs)
+
+    assert records("faulty") == records("clean") and len(records("clean")) == 5
+    assert rows("faulty") == rows("clean")
+    assert faulty["counts"]["pairs"] == clean["counts"]["pairs"]
+    assert faulty["counts"]["flagged"] == clean["counts"]["flagged"]

@@ -113,6 +113,7 @@ def test_429_with_retry_after_is_retried_by_the_client(stub):
     out = backend.chat(convs(6), [Sampling()] * 6)
     assert out == [f"echo: question {i}" for i in range(6)]
     assert stub.requests == 12  # each refused once, then served
+    assert backend.stats["requests"] == 6 and backend.stats["retries"] == 6
 
 
 @pytest.mark.parametrize("stub", [lambda body, attempt: (500, []) if "question 2" in str(body["messages"]) else None],
@@ -123,6 +124,7 @@ def test_a_request_that_keeps_failing_comes_back_as_call_failed(stub):
     assert isinstance(out[2], CallFailed) and "500" in str(out[2])
     assert out[:2] + out[3:] == ["echo: question 0", "echo: question 1", "echo: question 3"]
     assert stub.attempts["question 2"] == 2  # first try + one retry
+    assert backend.stats == {"requests": 4, "attempts": 5, "retries": 1, "failed": 1}
 
 
 def test_choice_logprobs_from_top_logprobs(stub):

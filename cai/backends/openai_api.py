@@ -44,7 +44,8 @@ class OpenAIBackend:
         self.extra_body = dict(extra_body or {})
         self.identity = f"api:{model}" + (f"|{json.dumps(self.extra_body, sort_keys=True)}" if self.extra_body else "")
         self.concurrency = max(1, concurrency)
-        self.stats = {"requests": 0, "failed": 0}
+        # requests: calls made; attempts: HTTP tries, so attempts - requests = the client's retries.
+        self.stats = {"requests": 0, "attempts": 0, "retries": 0, "failed": 0}
         self._client_args = dict(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries)
         self._preflight()
 
@@ -66,7 +67,11 @@ class OpenAIBackend:
     def _run(self, jobs, progress: Progress | None, unit: int = 1):
         async def main():
             # One client per event loop: httpx connections cannot cross loops.
-            async with openai.AsyncOpenAI(**self._client_args) as client:
+            async def count_attempt(request):
+                self.stats["attempts"] += 1
+
+            http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count_attempt]})
+            async with openai.AsyncOpenAI(**self._client_args, http_client=http) as client:
                 gate = asyncio.Semaphore(self.concurrency)
 
                 async def one(job):
@@ -83,7 +88,10 @@ class OpenAIBackend:
 
                 return await asyncio.gather(*(one(j) for j in jobs))
 
-        return asyncio.run(main())
+        try:
+            return asyncio.run(main())
+        finally:
+            self.stats["retries"] = self.stats["attempts"] - self.stats["requests"]
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
              progress: Progress | None = None) -> list[str | CallFailed]:
