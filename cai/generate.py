@@ -72,6 +72,10 @@ def load_backend(config: PipelineConfig, **options):
     if config.backend == "transformers":
         options.setdefault("batch_size", config.batch_size)
         options.setdefault("dtype", config.dtype)
+    if config.backend == "vllm":
+        options.update(dtype=config.dtype, tensor_parallel_size=config.tensor_parallel_size,
+                       gpu_memory_utilization=config.gpu_memory_utilization,
+                       max_model_len=config.max_model_len)
     if config.backend == "openai":
         if config.model == "embedded":
             raise InputError([Problem("--model", None, "", "name the model the server serves (the openai backend has no embedded model)")])
@@ -98,8 +102,18 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
     """Run (or resume) a pipeline; return the summary also written to run.json."""
     started = time.time()
     constitution, examples = check_inputs(config)
-    if backend is None:
+    owned = backend is None
+    if owned:
         backend = load_backend(config)
+    try:
+        return _run(config, pipeline_path, backend, constitution, examples, progress, started)
+    finally:
+        # Backends with worker processes (vLLM) must stop them before the interpreter exits.
+        if owned and hasattr(backend, "close"):
+            backend.close()
+
+
+def _run(config, pipeline_path, backend, constitution, examples, progress, started) -> dict:
     load_seconds = time.time() - started
     out = config.resolved_out()
     engine = Engine(config, constitution, backend, out, progress)

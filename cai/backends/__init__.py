@@ -66,12 +66,24 @@ class Backend(Protocol):
         """Log-probability of each choice as the start of the assistant's reply."""
 
 
-# name -> "module:Class"; modules import heavy libraries, so load on demand.
+# name -> (module, class, extra that installs its library); modules import heavy
+# libraries, so they are loaded on demand.
 REGISTRY = {
     "transformers": ("cai.backends.hf", "TransformersBackend", None),
     "scripted": ("cai.backends.scripted", "ScriptedBackend", None),
     "openai": ("cai.backends.openai_api", "OpenAIBackend", None),
+    "vllm": ("cai.backends.vllm_local", "VLLMBackend", "vllm"),
 }
+
+
+def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
+    """Token ids of a conversation rendered by the model's chat template, ready for the reply."""
+    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                        return_dict=False)
+    # Some transformers versions return a BatchEncoding whatever return_dict says.
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return list(ids)
 
 
 class BackendUnavailable(RuntimeError):

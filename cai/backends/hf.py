@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from cai import models
-from cai.backends import Conversation, Progress, Sampling
+from cai.backends import Conversation, Progress, Sampling, prompt_ids
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -42,13 +42,8 @@ class TransformersBackend:
         ).to(self.device).eval()
 
     def _encode(self, conversation: Conversation) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
         # Keep the end of an over-long conversation: the latest request matters most.
-        return list(ids)[-self.max_input_tokens:]
+        return prompt_ids(self.tokenizer, conversation)[-self.max_input_tokens:]
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

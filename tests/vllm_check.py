@@ -1,0 +1,17 @@
+"""Run with .venv-vllm's python: the vllm backend's greedy answers and choice log-probs, as JSON.
+
+    python tests/vllm_check.py CONVERSATIONS.json OUT.json
+"""
+
+import json
+import sys
+
+from cai.backends import Sampling, create
+
+if __name__ == "__main__":  # vLLM spawns workers that re-import this module
+    conversations = json.load(open(sys.argv[1]))
+    backend = create("vllm", model="embedded", gpu_memory_utilization=0.3, dtype="float32", max_model_len=2048)
+    answers = backend.chat(conversations, [Sampling(max_new_tokens=24)] * len(conversations))
+    logprobs = backend.choice_logprobs(conversations[:2], [" (A)", " (B)"])
+    backend.close()
+    json.dump({"identity": backend.identity, "chat": answers, "logprobs": logprobs}, open(sys.argv[2], "w"))
