@@ -56,6 +56,20 @@ def write_pipeline(directory: Path, n_prompts: int = 12, **fields) -> Path:
     return path
 
 
+def send_json(handler, status: int, data: bytes, headers=()) -> None:
+    """Answer an HTTP request from a test server; a client that already gave up is fine."""
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            handler.send_header(k, v)
+        handler.end_headers()
+        handler.wfile.write(data)
+    except OSError:
+        pass
+
+
 @pytest.fixture(scope="session")
 def embedded():
     from cai import models

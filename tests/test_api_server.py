@@ -17,6 +17,7 @@ import datasets
 import pytest
 
 from cai.backends import Sampling, create
+from conftest import send_json
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,16 +144,7 @@ class FaultProxy:
                 self._send(status, data)
 
             def _send(self, status, data, headers=()):
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in headers:
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass  # the client gave up first (the slow fault)
+                send_json(self, status, data, headers)  # after a slow fault the client is gone
 
             def do_GET(self):
                 self._relay("GET")

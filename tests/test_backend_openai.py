@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cai.backends import CallFailed, Sampling, create
-from conftest import write_pipeline
+from conftest import send_json, write_pipeline
 
 KEY = "sk-canary-7f3a9c2e51"
 
@@ -36,14 +36,7 @@ class Stub:
                 pass
 
             def _send(self, status, payload, headers=()):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, json.dumps(payload).encode(), headers)
 
             def do_GET(self):
                 self._send(200, {"object": "list", "data": [{"id": stub.model, "object": "model"}]})
