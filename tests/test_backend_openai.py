@@ -22,9 +22,10 @@ KEY = "sk-canary-7f3a9c2e51"
 class Stub:
     """A tiny chat-completions server. `fail(body, attempt)` may return (status, headers)."""
 
-    def __init__(self, fail=None, model="stub-model"):
+    def __init__(self, fail=None, model="stub-model", logprobs=True):
         self.fail = fail or (lambda body, attempt: None)
         self.model = model
+        self.logprobs = logprobs
         self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
         self.in_flight = self.max_in_flight = self.requests = 0
@@ -59,7 +60,7 @@ class Stub:
                         return self._send(status, {"error": {"message": "injected"}}, headers)
                     msg = {"role": "assistant", "content": f"echo: {last}"}
                     choice = {"index": 0, "message": msg, "finish_reason": "stop"}
-                    if body.get("logprobs"):
+                    if body.get("logprobs") and stub.logprobs:
                         top = [{"token": " A", "logprob": -0.2, "bytes": None},
                                {"token": " B", "logprob": -1.8, "bytes": None}]
                         choice["logprobs"] = {"content": [{"token": " A", "logprob": -0.2, "bytes": None,
@@ -125,6 +126,18 @@ def test_choice_logprobs_from_top_logprobs(stub):
     (scores,) = backend.choice_logprobs(convs(1), [" A", " B", " C"])
     assert scores[0] == pytest.approx(-0.2) and scores[1] == pytest.approx(-1.8)
     assert scores[2] < scores[1]  # absent from the top list: below every listed token
+
+
+def test_a_server_without_logprobs_is_named_as_such(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    server = Stub(logprobs=False)
+    try:
+        backend = create("openai", model="stub-model", base_url=server.url)
+        (result,) = backend.choice_logprobs(convs(1), [" A", " B"])
+    finally:
+        server.close()
+    assert isinstance(result, CallFailed)
+    assert "no logprobs" in str(result) and "soft labels" in str(result)
 
 
 def _cli(args, env, cwd):
