@@ -79,11 +79,6 @@ class Cache:
         )
         self._db.execute("COMMIT")
 
-    def __len__(self) -> int:
-        if not self._db:
-            return 0
-        return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-
     def close(self) -> None:
         if self._db:
             self._db.close()

@@ -78,9 +78,6 @@ class RecordStore:
                     if (s, n) in wanted:
                         yield json.loads(line)
 
-    def done_ids(self, fingerprint: str) -> set[str]:
-        return {rec["id"] for rec in self.current(fingerprint)}
-
     def append(self, records: Iterable[dict]) -> Path | None:
         lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
         if not lines:

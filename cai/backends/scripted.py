@@ -25,12 +25,10 @@ class ScriptedBackend:
     def __init__(self, model: str | None = None, script: Callable[[Conversation], str] | None = None, **_):
         self.identity = f"scripted:{model or 'echo'}"
         self.script = script or echo_script
-        self.calls = 0
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
              progress: Progress | None = None) -> list[str]:
         out = [self.script(c) for c in conversations]
-        self.calls += len(out)
         if progress:
             progress(len(out))
         return out
