@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -253,7 +252,7 @@ def main(argv=None) -> int:
     for name, via, secs, texts, spread in rows:
         same = sum(a == b for a, b in zip(texts, d_texts))
         print(f"{name:<34} {via:<6} {secs:>8.2f} {n / secs:>7.2f} {secs / n * 1000:>7.0f} {same:>4}/{n:<4}  {spread}")
-    print(f"  = direct: greedy answers identical to the direct one-at-a-time answers")
+    print("  = direct: greedy answers identical to the direct one-at-a-time answers")
     print(f"  range: fastest-slowest of the {args.repeats} runs of each concurrent arm (median shown)")
     print(f"  server time {service * 1000:.0f} ms/request -> ceiling at concurrency {c}: "
           f"min({c}/({args.latency:.2f}+{service:.3f}), 1/{service:.3f}) = {ceiling:.2f} req/s "

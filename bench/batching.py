@@ -20,7 +20,6 @@ Target (issue): at batch 16, >= 8x the batch-1 tokens/s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -44,18 +43,13 @@ TARGET_BATCH, TARGET_RATIO = 16, 8.0
 
 def load_prompts(n: int) -> list[str]:
     """n distinct prompts, alternating red-team and benign so lengths and topics mix."""
-    files = [[json.loads(line)["prompt"] for line in open(p, encoding="utf-8") if line.strip()]
-             for p in PROMPT_FILES]
-    out: list[str] = []
-    seen: set[str] = set()
-    for k in range(max(len(f) for f in files)):
-        for f in files:
-            if k < len(f) and f[k] not in seen:
-                seen.add(f[k])
-                out.append(f[k])
-                if len(out) == n:
-                    return out
-    sys.exit(f"only {len(out)} distinct prompts available, asked for {n}")
+    from cai.config import PromptSource
+    from cai.prompts import load_prompts as load  # round-robin across files, like --limit
+
+    prompts = [ex["prompt"] for ex in load([PromptSource(path=str(p)) for p in PROMPT_FILES], limit=n)]
+    if len(prompts) < n:
+        sys.exit(f"only {len(prompts)} prompts available, asked for {n}")
+    return prompts
 
 
 CANNED_ANSWER = ("Sure. Start by finding out exactly what you need and who else is involved. "

@@ -26,7 +26,6 @@ Target: ours tokens/s >= 0.9x raw.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -41,18 +40,13 @@ TARGET_RATIO = 0.9
 
 def load_prompts(n: int) -> list[str]:
     """n distinct prompts, alternating red-team and benign (as bench/batching.py picks them)."""
-    files = [[json.loads(line)["prompt"] for line in open(p, encoding="utf-8") if line.strip()]
-             for p in PROMPT_FILES]
-    out: list[str] = []
-    seen: set[str] = set()
-    for k in range(max(len(f) for f in files)):
-        for f in files:
-            if k < len(f) and f[k] not in seen:
-                seen.add(f[k])
-                out.append(f[k])
-                if len(out) == n:
-                    return out
-    sys.exit(f"only {len(out)} distinct prompts available, asked for {n}")
+    from cai.config import PromptSource
+    from cai.prompts import load_prompts as load  # round-robin across files, like --limit
+
+    prompts = [ex["prompt"] for ex in load([PromptSource(path=str(p)) for p in PROMPT_FILES], limit=n)]
+    if len(prompts) < n:
+        sys.exit(f"only {len(prompts)} prompts available, asked for {n}")
+    return prompts
 
 
 def tree_seconds() -> float:
@@ -183,7 +177,7 @@ def main(argv=None) -> int:
         print(f"{name:<40} {secs:>8.2f} {count(texts):>7} {tps:>7.1f} {tps / raw_tps:>6.2f}x "
               f"{same:>3}/{len(convs):<3}  {spread}")
     print(f"  tokens: the stripped replies re-tokenized (raw's engine token_ids, end tokens included: {r_ids})")
-    print(f"  = raw: replies identical to the raw LLM.chat replies")
+    print("  = raw: replies identical to the raw LLM.chat replies")
     print(f"  range: fastest-slowest of the {args.repeats} runs (median shown)")
 
     ratio = (count(o_texts) / o_s) / raw_tps

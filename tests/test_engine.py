@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 from cai.backends.scripted import ScriptedBackend
 from cai.config import load_pipeline
