@@ -7,9 +7,7 @@ directory is touched, so a bad input leaves nothing behind.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +19,7 @@ from cai.engine import Engine
 from cai.errors import InputError, Problem
 from cai.progress import StageProgress
 from cai.prompts import load_prompts
+from cai.records import write_text_atomic
 
 _PACKAGES = ("torch", "transformers", "datasets", "trl", "pydantic", "pyarrow")
 
@@ -36,13 +35,7 @@ def versions() -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write beside the target and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def check_inputs(config: PipelineConfig):

