@@ -55,6 +55,10 @@ def generate(
     seed: Optional[int] = typer.Option(None, help="Seed for principle sampling and sampled generation."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: outputs/<pipeline name>). Re-running resumes."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the model-call cache."),
+    feedback: Optional[bool] = typer.Option(None, "--feedback/--no-feedback", help="AI feedback (RL-CAI): a judge compares answer pairs per principle, both orders, and orients each pair by its soft label (pipeline `feedback:` sets pairs, k principles, chain-of-thought, tie threshold)."),
+    judge_model: Optional[str] = typer.Option(None, help="Judge model for --feedback (default: the policy model itself, which risks self-preference)."),
+    judge_backend: Optional[str] = typer.Option(None, help="Backend of the judge model (default: the policy's)."),
+    judge_base_url: Optional[str] = typer.Option(None, help="openai judge backend: the server's base URL."),
 ):
     """Respond, critique and revise each prompt against sampled principles (SL-CAI); write records and a TRL-ready dataset."""
     from cai.config import load_pipeline
@@ -66,6 +70,7 @@ def generate(
             pipeline, constitution=str(constitution) if constitution else None, prompts=prompts,
             model=model, backend=backend, base_url=base_url, limit=limit, rounds=rounds, batch_size=batch_size,
             seed=seed, out=str(out) if out else None, cache=False if no_cache else None,
+            feedback=feedback, judge_model=judge_model, judge_backend=judge_backend, judge_base_url=judge_base_url,
         )
         with StageProgress(err) as progress:
             summary = run(config, str(pipeline) if pipeline else None, progress=progress)
@@ -77,6 +82,12 @@ def generate(
     flagged = ", ".join(f"{k} {v}" for k, v in c["flagged"].items()) or "none"
     err.print(f"{c['records']} records, {c['pairs']} pairs (flagged: {flagged}); "
               f"{c['model_calls']} model calls, {c['cache_hits']} cache hits, {c['resumed']} resumed")
+    if "comparisons" in c:
+        err.print(f"AI feedback: {c['comparisons']} judged pairs, {c['ties']} ties, {c['low_confidence']} below "
+                  f"min_confidence, {c['unusable']} unusable ({c['judge_malformed']} malformed judge outputs); "
+                  f"{c['position_consistent']} consistent across both orders", soft_wrap=True)
+    for warning in summary.get("warnings", []):
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     if not c["pairs"]:
         err.print("[yellow]warning:[/yellow] no pairs passed the quality gates; see records/ for the reasons")
     print(summary["dataset_path"])

@@ -38,6 +38,37 @@ class SamplingConfig(_Strict):
     revise: StageSampling = StageSampling(max_new_tokens=160)
 
 
+class FeedbackConfig(_Strict):
+    """RL-CAI AI feedback: a judge compares two answers per sampled principle (soft labels)."""
+
+    enabled: bool = False
+    # revision_vs_initial: the SL-CAI pair (H4 recipe); samples: n sampled policy answers
+    # judged pairwise (the paper's RL-CAI pairs); both: every pair of either kind.
+    pairs: Literal["revision_vs_initial", "samples", "both"] = "revision_vs_initial"
+    samples: int = Field(2, ge=2, le=8)  # answers per prompt for `samples`
+    sample_sampling: StageSampling = StageSampling(max_new_tokens=128, temperature=0.8, top_p=0.95,
+                                                   repetition_penalty=1.1)
+    principles: int = Field(2, ge=1, le=16)  # k principles per comparison, averaged (ensemble)
+    cot: bool = False  # judge reasons first; probabilities clamped to cot_clamp as in the paper
+    cot_clamp: tuple[float, float] = (0.4, 0.6)
+    cot_sampling: StageSampling = StageSampling(max_new_tokens=96, repetition_penalty=1.1)
+    tie_threshold: float = Field(0.02, ge=0, lt=0.5)  # |p - 0.5| below this is a tie
+    min_confidence: float = Field(0.5, ge=0.5, le=1)  # pairs with chosen_prob below are dropped
+    include_ties: bool = False
+
+
+class JudgeConfig(_Strict):
+    """The judge model for AI feedback and `cai audit`; unset fields follow the policy's."""
+
+    backend: Literal["transformers", "vllm", "openai", "scripted"] | None = None
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    extra_body: dict | None = None
+    batch_size: int | None = Field(None, gt=0, le=4096)
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+
+
 class PromptSource(_Strict):
     """A prompt file (.jsonl/.json/.csv/.parquet), a saved dataset folder, or `hf:NAME`."""
 
@@ -79,6 +110,8 @@ class PipelineConfig(_Strict):
     cache: bool = True
     out: str | None = None
     sampling: SamplingConfig = SamplingConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    judge: JudgeConfig = JudgeConfig()
 
     @field_validator("prompts", mode="before")
     @classmethod
@@ -88,6 +121,18 @@ class PipelineConfig(_Strict):
         if isinstance(value, list):
             return [{"path": v} if isinstance(v, str) else v for v in value]
         return value
+
+    def judge_config(self) -> "PipelineConfig":
+        """This config with the judge's settings in place of the policy's (for loading its backend)."""
+        fields = {k: v for k, v in self.judge.model_dump().items() if v is not None}
+        if "backend" in fields and fields["backend"] != self.backend and "model" not in fields:
+            fields["model"] = "embedded"
+        return self.model_copy(update=fields)
+
+    def judge_is_policy(self) -> bool:
+        j = self.judge_config()
+        return (j.backend, j.model, j.base_url, j.dtype, j.extra_body) == (
+            self.backend, self.model, self.base_url, self.dtype, self.extra_body)
 
     def resolved_out(self) -> Path:
         return Path(self.out) if self.out else Path("outputs") / self.name
@@ -116,6 +161,12 @@ def load_pipeline(path: str | Path | None = None, **overrides) -> PipelineConfig
                               for p in changes["prompts"]]
     if "constitution" in changes:
         changes["constitution"] = str(Path(changes["constitution"]).resolve())
+    # Nested settings have flat flags: --feedback, --judge-model, --judge-backend, --judge-base-url.
+    if "feedback" in changes:
+        changes["feedback"] = {**config.feedback.model_dump(), "enabled": changes["feedback"]}
+    judge = {k[len("judge_"):]: changes.pop(k) for k in list(changes) if k.startswith("judge_")}
+    if judge:
+        changes["judge"] = {**config.judge.model_dump(), **judge}
     # Re-validate so a bad flag value (e.g. --rounds 0) gets the same checks as the file.
     try:
         return PipelineConfig.model_validate({**config.model_dump(), **changes})

@@ -27,18 +27,24 @@ def _uniform(prefix: "hashlib._Hash", last: str) -> float:
     return (int.from_bytes(h.digest()[:8], "big") + 0.5) / 2**64
 
 
-def sample_principle(principles: Sequence[Principle], example_id: str, round_no: int,
-                     seed: int = 0) -> Principle:
-    """Weighted draw that is deterministic per (example, round) and stable under edits.
+def rank_principles(principles: Sequence[Principle], example_id: str, round_no: int | str,
+                    seed: int = 0) -> list[Principle]:
+    """Weighted order that is deterministic per (example, round) and stable under edits.
 
     Each principle gets its own exponential race time -ln(U)/weight from a hash of
     (seed, example, round, principle id); the earliest wins, which picks principle
-    i with probability w_i / sum(w). Because a principle's time never depends on the
-    others, adding, removing or reweighting one principle changes only the draws
-    that it wins or used to win.
+    i with probability w_i / sum(w), and the first k are a weighted draw without
+    replacement. Because a principle's time never depends on the others, adding,
+    removing or reweighting one principle changes only the draws that it wins or
+    used to win.
     """
     prefix = hashlib.sha256(f"{seed}\x1f{example_id}\x1f{round_no}\x1f".encode())
-    return min(principles, key=lambda p: -math.log(_uniform(prefix, p.id)) / p.weight)
+    return sorted(principles, key=lambda p: -math.log(_uniform(prefix, p.id)) / p.weight)
+
+
+def sample_principle(principles: Sequence[Principle], example_id: str, round_no: int,
+                     seed: int = 0) -> Principle:
+    return rank_principles(principles, example_id, round_no, seed)[0]
 
 
 def few_shot_turns(constitution: Constitution, principle: Principle, limit: int | None) -> list[Message]:

@@ -21,6 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+from cai.pairs import label
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -30,10 +32,18 @@ _PROVENANCE = [
     ("principle_ids", pa.list_(pa.string())), ("rounds", pa.int32()),
     ("model", pa.string()), ("category", pa.string()),
 ]
+# AI-feedback columns, present when the run had a judge (`feedback.enabled`).
+_LABELS = [
+    ("pair", pa.string()), ("chosen_prob", pa.float64()), ("margin", pa.float64()),
+    ("p_first", pa.float64()), ("p_second", pa.float64()),
+    ("judge_principle_ids", pa.list_(pa.string())), ("position_consistent", pa.bool_()),
+    ("tie", pa.bool_()),
+]
 SCHEMAS = {
     "default": pa.schema([("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES), *_PROVENANCE]),
     "sft": pa.schema([("messages", MESSAGES), *_PROVENANCE]),
 }
+LABELLED = pa.schema([*SCHEMAS["default"], *_LABELS])
 FOLDERS = {"default": "dataset", "sft": "sft"}
 _ROWS_PER_WRITE = 1024
 
@@ -44,9 +54,14 @@ def split_of(example_id: str, test_size: float) -> str:
     return "test" if bucket < test_size else "train"
 
 
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
 def rows(record: dict) -> dict[str, dict]:
+    """The SL-CAI rows of a record: the revision pair and the SFT example."""
     prompt = [{"role": "user", "content": record["prompt"]}]
-    final = [{"role": "assistant", "content": record["final"]}]
+    final = _assistant(record["final"])
     common = {
         "id": record["id"], "constitution_sha256": record["constitution_sha256"],
         "principle_ids": [r["principle_id"] for r in record["rounds"]],
@@ -54,7 +69,7 @@ def rows(record: dict) -> dict[str, dict]:
     }
     return {
         "default": {"prompt": prompt, "chosen": final,
-                    "rejected": [{"role": "assistant", "content": record["initial"]}], **common},
+                    "rejected": _assistant(record["initial"]), **common},
         "sft": {"messages": prompt + final, **common},
     }
 
@@ -63,8 +78,9 @@ class _Writers:
     """One parquet writer per (config, split), opened on first row: an empty
     parquet file breaks load_dataset, so empty splits get no file at all."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, schemas: dict | None = None):
         self.root = root
+        self.schemas = {**SCHEMAS, **(schemas or {})}
         self.buffers: dict[tuple[str, str], list[dict]] = {}
         self.writers: dict[tuple[str, str], pq.ParquetWriter] = {}
         self.counts: Counter = Counter()
@@ -83,8 +99,8 @@ class _Writers:
         if (config, split) not in self.writers:
             path = self.root / FOLDERS[config] / f"{split}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.writers[(config, split)] = pq.ParquetWriter(path, SCHEMAS[config])
-        self.writers[(config, split)].write_table(pa.Table.from_pylist(buf, schema=SCHEMAS[config]))
+            self.writers[(config, split)] = pq.ParquetWriter(path, self.schemas[config])
+        self.writers[(config, split)].write_table(pa.Table.from_pylist(buf, schema=self.schemas[config]))
         buf.clear()
 
     def close(self) -> None:
@@ -94,41 +110,85 @@ class _Writers:
             writer.close()
 
 
-def build(records: Iterable[dict], run_dir: str | Path, test_size: float) -> dict:
-    """Write RUN/dataset and RUN/sft; return counts (records, pairs, flagged by reason, rows per split)."""
+def judged_rows(record: dict, feedback) -> tuple[list[dict], Counter]:
+    """Preference rows from a record's judged pairs, chosen by the judge; and label counts."""
+    counts: Counter = Counter()
+    fb = record.get("feedback") or {}
+    counts["skipped_identical"] += fb.get("skipped", 0)
+    base = rows(record)["default"]
+    found = []
+    for comp in fb.get("comparisons", []):
+        counts["comparisons"] += 1
+        counts["position_consistent"] += bool(comp["position_consistent"])
+        counts["judge_malformed"] += comp["malformed"]
+        lab = label(comp, feedback)
+        counts[lab["status"]] += 1
+        counts["ties"] += bool(lab.get("tie"))
+        if lab["status"] != "pair":
+            continue
+        found.append({**base, "chosen": _assistant(lab["chosen"]), "rejected": _assistant(lab["rejected"]),
+                      "pair": comp["pair"], "chosen_prob": lab["chosen_prob"], "margin": lab["margin"],
+                      "p_first": lab["p_first"], "p_second": lab["p_second"],
+                      "judge_principle_ids": comp["principle_ids"],
+                      "position_consistent": comp["position_consistent"], "tie": lab["tie"]})
+    return found, counts
+
+
+def build(records: Iterable[dict], run_dir: str | Path, test_size: float, feedback=None) -> dict:
+    """Write RUN/dataset and RUN/sft; return counts (records, pairs, flagged by reason, rows per split).
+
+    With `feedback` (an enabled FeedbackConfig) the pairs are the judged ones,
+    oriented by the judge and carrying their soft labels.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*run_dir.glob(".build-*"), *run_dir.glob(".old-*")]:  # left by a killed build
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=run_dir))
-    writers = _Writers(tmp)
+    writers = _Writers(tmp, {"default": LABELLED} if feedback else {})
     flagged: Counter = Counter()
+    labels: Counter = Counter()
     n_records = 0
     try:
         for rec in records:
             n_records += 1
-            if rec["flags"]:
-                flagged.update(rec["flags"])
-                continue
+            flagged.update(rec["flags"])
             split = split_of(rec["id"], test_size)
-            for config, row in rows(rec).items():
-                writers.add(config, split, row)
+            made = rows(rec)
+            if not rec["flags"]:
+                writers.add("sft", split, made["sft"])
+            if feedback:
+                judged, counts = judged_rows(rec, feedback)
+                labels.update(counts)
+                for row in judged:
+                    writers.add("default", split, row)
+            elif not rec["flags"]:
+                writers.add("default", split, made["default"])
         writers.close()
         splits = {c: {s: n for (cc, s), n in writers.counts.items() if cc == c} for c in SCHEMAS}
         for config, folder in FOLDERS.items():
             (tmp / folder).mkdir(exist_ok=True)
-            _write_readme(tmp / folder, config)
+            _write_readme(tmp / folder, config, bool(feedback))
             _swap_in(tmp / folder, run_dir / folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    pairs = sum(splits["default"].values())
-    return {"records": n_records, "pairs": pairs, "flagged_records": n_records - pairs,
-            "flagged": dict(sorted(flagged.items())), "splits": splits["default"]}
+    out = {"records": n_records, "pairs": sum(splits["default"].values()),
+           "flagged_records": n_records - sum(splits["sft"].values()),
+           "flagged": dict(sorted(flagged.items())), "splits": splits["default"]}
+    if feedback:
+        # Every judged pair is accounted for: rows + ties left out + low_confidence + unusable.
+        out.update({k: labels.get(k, 0) for k in (
+            "comparisons", "ties", "low_confidence", "judge_malformed", "position_consistent",
+            "skipped_identical")}, unusable=labels.get("malformed", 0), ties_excluded=labels.get("tie", 0))
+    return out
 
 
-def _write_readme(root: Path, config: str) -> None:
+def _write_readme(root: Path, config: str, judged: bool = False) -> None:
     if config == "sft":
         what = "the SFT view: `messages` = user prompt + final revision (the SL-CAI fine-tuning data)"
+    elif judged:
+        what = ("preference pairs in TRL's conversational schema, `chosen` being the answer the AI judge "
+                "preferred, with its soft labels (chosen_prob, margin, p_first, p_second)")
     else:
         what = "preference pairs in TRL's conversational schema: `prompt`, `chosen` (final revision), `rejected` (initial answer)"
     (root / "README.md").write_text(

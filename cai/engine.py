@@ -20,6 +20,8 @@ from cai.cache import Cache, call_key
 from cai.config import PipelineConfig
 from cai.constitution import Constitution
 from cai.critique import SLCAI
+from cai.feedback import Judge
+from cai.pairs import FeedbackStage
 from cai.progress import StageProgress
 from cai.records import RecordStore, new_record
 
@@ -32,6 +34,7 @@ class Stats:
     cache_hits: int = 0
     resumed: int = 0
     generated: int = 0
+    judge_calls: int = 0  # of model_calls, those that scored a judge's options
     failed: int = 0  # examples left pending because a call failed; retried by the next run
     failed_calls: int = 0
     errors: list = field(default_factory=list)  # a few (stage, error) samples for run.json
@@ -49,16 +52,23 @@ def _prompt_digest(text: str) -> str:
 
 class Engine:
     def __init__(self, config: PipelineConfig, constitution: Constitution, backend: Backend,
-                 out: Path, progress: StageProgress | None = None):
+                 out: Path, progress: StageProgress | None = None, judge_backend: Backend | None = None):
         self.config = config
         self.constitution = constitution
         self.backend = backend
+        self.judge_backend = judge_backend or backend
         self.out = Path(out)
         self.store = RecordStore(self.out / "records")
         self.cache = Cache(self.out / "cache.sqlite", enabled=config.cache)
         self.progress = progress
         self.program = SLCAI(constitution, config.rounds, config.seed, config.few_shot,
                              config.system_prompt)
+        self.feedback = None
+        fb = config.feedback
+        if fb.enabled:
+            judge = Judge(self.judge_backend, constitution, fb.principles, config.seed, fb.cot,
+                          fb.cot_clamp, self._sampling("judge-cot", ""))
+            self.feedback = FeedbackStage(judge, fb, self.program.system)
         self.stats = Stats()
         self.fingerprint = self._fingerprint()
 
@@ -71,26 +81,32 @@ class Engine:
             "few_shot": c.few_shot, "system_prompt": c.system_prompt,
             "sampling": c.sampling.model_dump(),
         }
+        if c.feedback.enabled:
+            parts.update(feedback=c.feedback.model_dump(), judge=self.judge_backend.identity)
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def _sampling(self, stage: str, example_id: str) -> Sampling:
-        s = getattr(self.config.sampling, stage.split(":")[0])
+        kind = stage.split(":")[0]
+        fb = self.config.feedback
+        s = {"sample": fb.sample_sampling, "judge-cot": fb.cot_sampling}.get(kind) or getattr(
+            self.config.sampling, kind)
         return Sampling(**s.model_dump(), seed=_seed(self.config.seed, example_id, stage))
+
+    def _backend_for(self, stage: str) -> Backend:
+        return self.judge_backend if stage.startswith("judge") else self.backend
 
     def _call(self, stage: str, conversations: list[Conversation], ids: list[str]) -> list[str]:
         started = time.perf_counter()
         sampling = [self._sampling(stage, i) for i in ids]
-        model = self.backend.identity
+        backend = self._backend_for(stage)
+        model = backend.identity
         keys = [call_key(model, "chat", conv, s.key()) for conv, s in zip(conversations, sampling)]
         found = self.cache.get_many(keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
         self.stats.cache_hits += len(keys) - len(missing)
-        if self.progress:
-            self.progress.start(stage)
-            if len(keys) > len(missing):
-                self.progress.advance(stage, len(keys) - len(missing))
+        self._progress_start(stage, len(keys), len(keys) - len(missing))
         if missing:
-            outputs = self.backend.chat(
+            outputs = backend.chat(
                 [conversations[i] for i in missing], [sampling[i] for i in missing],
                 progress=(lambda n: self.progress.advance(stage, n)) if self.progress else None,
             )
@@ -102,6 +118,44 @@ class Engine:
             found.update(new)
         self.stats.stage_seconds[stage.split(":")[0]] += time.perf_counter() - started
         return [found[k] for k in keys]
+
+    def _score(self, stage: str, conversations: list[Conversation], ids: list[str],
+               choices) -> list[list[float]]:
+        """Cached choice_logprobs on the judge; progress counts (conversation, choice) units."""
+        started = time.perf_counter()
+        backend = self.judge_backend
+        keys = [call_key(backend.identity, "choices", conv, {"choices": list(choices)}) for conv in conversations]
+        found = self.cache.get_many(keys)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        self.stats.cache_hits += len(keys) - len(missing)
+        width = len(choices)
+        self._progress_start(stage, len(keys) * width, (len(keys) - len(missing)) * width)
+        if missing:
+            outputs = backend.choice_logprobs(
+                [conversations[i] for i in missing], choices,
+                progress=(lambda n: self.progress.advance(stage, n)) if self.progress else None,
+            )
+            self.stats.model_calls += len(missing)
+            self.stats.judge_calls += len(missing)
+            new = {keys[i]: out for i, out in zip(missing, outputs)}
+            self.cache.put_many((k, backend.identity, v) for k, v in new.items() if not isinstance(v, CallFailed))
+            self.stats.failed_calls += sum(isinstance(v, CallFailed) for v in new.values())
+            found.update(new)
+        self.stats.stage_seconds["judge"] += time.perf_counter() - started
+        return [found[k] for k in keys]
+
+    def _progress_start(self, stage: str, total: int, done: int) -> None:
+        if not self.progress:
+            return
+        if stage in self._open_ended:  # judge stages: how many calls a chunk needs is known only now
+            self.progress.extend(stage, total)
+        self.progress.start(stage)
+        if done:
+            self.progress.advance(stage, done)
+
+    @property
+    def _open_ended(self) -> set[str]:
+        return {s for s in (self.feedback.stages() if self.feedback else []) if s.startswith("judge")}
 
     def pending(self, examples: list[dict]) -> list[dict]:
         """Examples without a record made with this fingerprint for this exact prompt."""
@@ -115,8 +169,8 @@ class Engine:
         todo = self.pending(examples)
         meta = {"model": self.backend.identity, "constitution_sha256": self.constitution.sha256}
         if self.progress:
-            for stage in self.program.stages():
-                self.progress.add(stage, len(todo))
+            for stage in self.program.stages() + (self.feedback.stages() if self.feedback else []):
+                self.progress.add(stage, 0 if stage in self._open_ended else len(todo))
         size = self.config.chunk_size
         try:
             for start in range(0, len(todo), size):
@@ -125,6 +179,8 @@ class Engine:
                                       {**meta, "prompt_sha": _prompt_digest(ex["prompt"])})
                            for ex in chunk]
                 self.program.run(records, self._call)
+                if self.feedback:
+                    self.feedback.run(records, self._call, self._score)
                 done = [rec for rec in records if "failed" not in rec]
                 for rec in records:
                     rec["created"] = time.time()

@@ -47,6 +47,9 @@ def check_inputs(config: PipelineConfig):
         if not constitution.critique_principles:
             problems.append(Problem(config.constitution, None, "principles",
                                     "no principle has critique and revision requests; SL-CAI needs at least one"))
+        if config.feedback.enabled and not constitution.comparison_principles:
+            problems.append(Problem(config.constitution, None, "principles",
+                                    "no principle has a comparison question; AI feedback (--feedback) needs at least one"))
     except InputError as exc:
         problems += exc.problems
     try:
@@ -93,26 +96,56 @@ def load_backend(config: PipelineConfig, **options):
         raise InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])]) from None
 
 
+def close(*owned) -> None:
+    # Backends with worker processes (vLLM) must stop them before the interpreter exits.
+    for b in owned:
+        if b is not None and hasattr(b, "close"):
+            b.close()
+
+
+def load_judge(config: PipelineConfig):
+    """The judge's backend, or None when it is the policy's model (then the policy backend serves)."""
+    return None if config.judge_is_policy() else load_backend(config.judge_config())
+
+
 def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=None,
-             progress: StageProgress | None = None) -> dict:
-    """Run (or resume) a pipeline; return the summary also written to run.json."""
+             progress: StageProgress | None = None, judge=None) -> dict:
+    """Run (or resume) a pipeline; return the summary also written to run.json.
+
+    `backend`/`judge` are used as given (and left open); otherwise loaded from the config and closed.
+    """
     started = time.time()
     constitution, examples = check_inputs(config)
-    owned = backend is None
-    if owned:
-        backend = load_backend(config)
+    owned = []
     try:
-        return _run(config, pipeline_path, backend, constitution, examples, progress, started)
+        if backend is None:
+            backend = load_backend(config)
+            owned.append(backend)
+        if judge is None and config.feedback.enabled:
+            judge = load_judge(config)
+            owned.append(judge)
+        return _run(config, pipeline_path, backend, constitution, examples, progress, started, judge)
     finally:
-        # Backends with worker processes (vLLM) must stop them before the interpreter exits.
-        if owned and hasattr(backend, "close"):
-            backend.close()
+        close(*owned)
 
 
-def _run(config, pipeline_path, backend, constitution, examples, progress, started) -> dict:
+def _judge_info(config: PipelineConfig, backend, judge) -> tuple[dict | None, list[str]]:
+    if not config.feedback.enabled:
+        return None, []
+    j = config.judge_config()
+    same = judge is None or judge.identity == backend.identity
+    info = {"backend": j.backend, "spec": j.model, "identity": (judge or backend).identity,
+            "same_as_policy": same}
+    warn = ["the judge is the policy model itself: its labels may favour its own style "
+            "(self-preference); set judge: in the pipeline (or --judge-model) to use another model"] if same else []
+    return info, warn
+
+
+def _run(config, pipeline_path, backend, constitution, examples, progress, started, judge=None) -> dict:
     load_seconds = time.time() - started
     out = config.resolved_out()
-    engine = Engine(config, constitution, backend, out, progress)
+    engine = Engine(config, constitution, backend, out, progress, judge_backend=judge)
+    judge_info, warnings = _judge_info(config, backend, judge)
     summary = {
         "cai_version": __version__, "status": "running", "started": started,
         "pipeline_path": pipeline_path, "config": config.model_dump(mode="json"),
@@ -120,6 +153,7 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
         "constitution": {"path": config.constitution, "name": constitution.name,
                          "version": constitution.version, "sha256": constitution.sha256},
         "model": {"backend": config.backend, "spec": config.model, "identity": backend.identity},
+        "judge": judge_info, "warnings": warnings,
         "fingerprint": engine.fingerprint, "versions": versions(),
     }
     write_json(out / "run.json", summary)
@@ -131,11 +165,13 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
                        backend_stats=dict(getattr(backend, "stats", {})))
         write_json(out / "run.json", summary)
         raise
-    built = dataset.build(engine.current_records(examples), out, config.test_size)
+    built = dataset.build(engine.current_records(examples), out, config.test_size,
+                          config.feedback if config.feedback.enabled else None)
     summary.update(
         status="incomplete" if stats.failed else "complete", finished=time.time(),
         counts={**_counts(stats, len(examples)), **built},
         backend_stats=dict(getattr(backend, "stats", {})),
+        judge_backend_stats=dict(getattr(judge, "stats", {})) if judge is not None else None,
         timings={"total_seconds": round(time.time() - started, 3),
                  "load_seconds": round(load_seconds, 3),
                  "stages": {k: round(v, 3) for k, v in stats.stage_seconds.items()}},
@@ -147,5 +183,6 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
 
 def _counts(stats, n_prompts: int) -> dict:
     return {"prompts": n_prompts, "model_calls": stats.model_calls, "cache_hits": stats.cache_hits,
+            "judge_calls": stats.judge_calls,
             "resumed": stats.resumed, "generated": stats.generated, "failed": stats.failed,
             "failed_calls": stats.failed_calls, "errors": stats.errors}

@@ -53,6 +53,12 @@ class StageProgress:
             print(f"{stage:>12} {t['done']}/{t['total']} {rate:.1f} ex/s eta {eta:.0f}s",
                   file=sys.stderr, flush=True)
 
+    def extend(self, stage: str, n: int) -> None:
+        """More work for a stage whose size is known only chunk by chunk (the judge's)."""
+        t = self._tasks[stage]
+        t["total"] += n
+        self._bars.update(t["task"], total=t["total"])
+
     def start(self, stage: str) -> None:
         """Start the clock when work begins, not when the bar is created."""
         t = self._tasks[stage]

@@ -1,0 +1,173 @@
+"""RL-CAI AI feedback: a judge picks the better of two answers per principle, with soft labels.
+
+As in the Constitutional AI paper, the judge sees the conversation, one
+principle's comparison question and "Options: (A) ... (B) ...", then "The
+answer is:"; the label is the judge's probability of each option letter,
+normalized over the two. Every comparison is scored in both orders and
+averaged (position bias is large in judges of every size), over `k`
+principles drawn per comparison (the paper's principle ensemble). With
+chain-of-thought the judge reasons first and the probabilities, which then
+collapse toward 0/1, are clamped to 40-60 % as the paper does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from cai.backends import Backend, CallFailed, Conversation, Sampling
+from cai.constitution import Constitution, Principle
+from cai.critique import rank_principles
+
+CHOICES = ("A", "B")  # single tokens that differ at the first token, so API backends can score them
+COT_STAGE, SCORE_STAGE = "judge-cot", "judge"
+COT_REQUEST = "Think step by step about which option is better before answering."
+COT_FOLLOW_UP = "So, which option is better, (A) or (B)? The answer is:"
+
+Chat = Callable[[str, list[Conversation], list[str]], list["str | CallFailed"]]
+Score = Callable[[str, list[Conversation], list[str], Sequence[str]], list["list[float] | CallFailed"]]
+
+
+@dataclass
+class Comparison:
+    id: str  # unique per comparison; seeds the principle draw
+    prompt: str
+    a: str
+    b: str
+
+
+@dataclass
+class Verdict:
+    id: str
+    p_a: float | None  # P(a is better): both orders and all principles averaged; None if unusable
+    p_first: float | None  # P(a is better) with a shown as (A), over principles
+    p_second: float | None  # ... with a shown as (B)
+    principle_ids: list[str]
+    per_principle: list[dict] = field(default_factory=list)  # {principle_id, p_first, p_second}
+    position_consistent: bool = False  # both orders prefer the same answer
+    malformed: int = 0  # judge outputs that gave no usable label (dropped, counted)
+    option_mass: float | None = None  # mean P(A) + P(B): how much the judge answered with a letter
+    reasoning: list[str] = field(default_factory=list)
+
+
+def judge_prompt(prompt: str, first: str, second: str, principle: Principle, cot: bool = False) -> str:
+    return (
+        "Consider the following conversation between a human and an assistant:\n"
+        f"Human: {prompt}\n\n{principle.comparison}\n"
+        f"Options:\n(A) {first}\n(B) {second}\n\n"
+        + (COT_REQUEST if cot else "The answer is:")
+    )
+
+
+def soft_label(logprobs: Sequence[float]) -> tuple[float, float] | None:
+    """(P(first option) normalized over both, their raw total mass), or None when unusable.
+
+    Unusable: a non-finite score, or two identical ones, which is what a judge
+    gives when neither letter is among its likely tokens (e.g. both outside an
+    API's top-k): a 50/50 label made of no information must not pass for a tie.
+    """
+    la, lb = logprobs
+    if not (math.isfinite(la) and math.isfinite(lb)) or la == lb:
+        return None
+    top = max(la, lb)
+    ea, eb = math.exp(la - top), math.exp(lb - top)
+    return ea / (ea + eb), math.exp(top) * (ea + eb)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+class Judge:
+    """Scores Comparisons with a backend's choice_logprobs.
+
+    `chat` and `score` default to calling the backend directly; the engine
+    passes its cached versions instead.
+    """
+
+    def __init__(self, backend: Backend, constitution: Constitution, principles: int = 2, seed: int = 0,
+                 cot: bool = False, clamp: tuple[float, float] = (0.4, 0.6),
+                 cot_sampling: Sampling = Sampling(max_new_tokens=96, repetition_penalty=1.1)):
+        self.backend = backend
+        self.principles = constitution.comparison_principles
+        if not self.principles:
+            raise ValueError("no principle has a comparison question; AI feedback needs at least one")
+        self.k = min(principles, len(self.principles))
+        self.seed, self.cot, self.clamp, self.cot_sampling = seed, cot, clamp, cot_sampling
+
+    def draw(self, comparison_id: str) -> list[Principle]:
+        return rank_principles(self.principles, comparison_id, "judge", self.seed)[: self.k]
+
+    def _direct_chat(self, stage, conversations, ids, progress=None):
+        return self.backend.chat(conversations, [self.cot_sampling] * len(conversations), progress=progress)
+
+    def _direct_score(self, stage, conversations, ids, choices, progress=None):
+        return self.backend.choice_logprobs(conversations, choices, progress=progress)
+
+    def compare(self, items: Sequence[Comparison], progress=None, chat: Chat | None = None,
+                score: Score | None = None) -> list[Verdict | CallFailed]:
+        chat = chat or (lambda *a: self._direct_chat(*a, progress=progress))
+        score = score or (lambda *a: self._direct_score(*a, progress=progress))
+        # One job per (comparison, principle, order): a first means a is option (A).
+        jobs = [(n, p, a_first) for n, item in enumerate(items) for p in self.draw(item.id)
+                for a_first in (True, False)]
+        convs, ids = [], []
+        for n, p, a_first in jobs:
+            item = items[n]
+            first, second = (item.a, item.b) if a_first else (item.b, item.a)
+            convs.append([{"role": "user", "content": judge_prompt(item.prompt, first, second, p, self.cot)}])
+            ids.append(f"{item.id}\x1f{p.id}\x1f{int(a_first)}")
+        failed: dict[int, CallFailed] = {}
+        reasoning: dict[int, list[str]] = {}
+        usable = [True] * len(jobs)
+        if self.cot:
+            thoughts = chat(COT_STAGE, convs, ids)
+            for j, thought in enumerate(thoughts):
+                n = jobs[j][0]
+                if isinstance(thought, CallFailed):
+                    failed.setdefault(n, thought)
+                    continue
+                usable[j] = bool(thought.strip())
+                reasoning.setdefault(n, []).append(thought)
+                convs[j] = convs[j] + [{"role": "assistant", "content": thought},
+                                       {"role": "user", "content": COT_FOLLOW_UP}]
+        live = [j for j in range(len(jobs)) if jobs[j][0] not in failed]
+        scores = dict(zip(live, score(SCORE_STAGE, [convs[j] for j in live], [ids[j] for j in live], CHOICES)))
+        per: dict[int, dict[str, dict]] = {n: {} for n in range(len(items))}
+        malformed = [0] * len(items)
+        masses: dict[int, list[float]] = {}
+        for j, (n, p, a_first) in enumerate(jobs):
+            s = scores.get(j)
+            if isinstance(s, CallFailed):
+                failed.setdefault(n, s)
+            if n in failed:
+                continue
+            label = soft_label(s) if usable[j] else None
+            if label is None:
+                malformed[n] += 1
+                continue
+            p_option_a, mass = label
+            p_a = p_option_a if a_first else 1 - p_option_a
+            if self.cot:
+                p_a = min(max(p_a, self.clamp[0]), self.clamp[1])
+            masses.setdefault(n, []).append(mass)
+            per[n].setdefault(p.id, {"principle_id": p.id})["p_first" if a_first else "p_second"] = p_a
+        verdicts: list[Verdict | CallFailed] = []
+        for n, item in enumerate(items):
+            if n in failed:
+                verdicts.append(failed[n])
+                continue
+            rows = list(per[n].values())
+            p_first = _mean([r["p_first"] for r in rows if "p_first" in r])
+            p_second = _mean([r["p_second"] for r in rows if "p_second" in r])
+            both = p_first is not None and p_second is not None
+            verdicts.append(Verdict(
+                id=item.id, p_a=(p_first + p_second) / 2 if both else None,
+                p_first=p_first, p_second=p_second,
+                principle_ids=[p.id for p in self.draw(item.id)], per_principle=rows,
+                position_consistent=both and (p_first - 0.5) * (p_second - 0.5) > 0,
+                malformed=malformed[n], option_mass=_mean(masses.get(n, [])),
+                reasoning=reasoning.get(n, []),
+            ))
+        return verdicts
