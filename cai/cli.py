@@ -100,6 +100,38 @@ def generate(
 
 
 @app.command()
+def audit(
+    pipeline: Optional[Path] = typer.Argument(None, help="Pipeline YAML whose judge (judge:, else the policy model) is audited (default: pipelines/default.yaml)."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default: RUN/audit of the pipeline's run directory)."),
+    limit: Optional[int] = typer.Option(None, help="Use at most this many probe pairs (80 ship; 20 keeps a CPU run to a few minutes)."),
+    judge_model: Optional[str] = typer.Option(None, help="Judge model, instead of the pipeline's."),
+    judge_backend: Optional[str] = typer.Option(None, help="Judge backend, instead of the pipeline's."),
+    judge_base_url: Optional[str] = typer.Option(None, help="openai judge backend: the server's base URL."),
+):
+    """Measure the judge's biases on probe pairs with a known better answer: position, length, format,
+    self-preference, CALM perturbations, calibration, raw and with our mitigations. Writes report.json and report.html."""
+    from cai.audit import run_audit
+    from cai.config import load_pipeline
+    from cai.progress import StageProgress
+
+    try:
+        if limit is not None and limit < 1:
+            raise InputError([Problem("command line", None, "--limit", "must be at least 1")])
+        config = load_pipeline(pipeline, judge_model=judge_model, judge_backend=judge_backend,
+                               judge_base_url=judge_base_url)
+        target = out or config.resolved_out() / "audit"
+        with StageProgress(err) as progress:
+            result = run_audit(config, target, limit, progress=progress)
+    except BaseException as exc:  # noqa: BLE001 - every failure maps to an exit code
+        if isinstance(exc, typer.Exit):
+            raise
+        _fail(exc)
+    for name, section in result["report"].items():
+        err.print(f"{name}: {escape(section['summary'])}", soft_wrap=True)
+    print(target / "report.html")
+
+
+@app.command()
 def validate(paths: List[Path] = typer.Argument(..., help="Constitution or pipeline YAML files (or prompt files).")):
     """Check constitutions, pipelines and prompt files; print one line per problem (FILE:LINE: field: message)."""
     from cai.validate import check_path

@@ -45,7 +45,7 @@ class StageProgress:
         t["done"] += n
         elapsed = max(now - t["start"], 1e-9)
         rate = t["done"] / elapsed
-        self._bars.update(t["task"], advance=n, rate=f"{rate:.1f} ex/s")
+        self._bars.update(t["task"], advance=n, rate=f"{rate:.1f} ex/s" if elapsed > 0.5 else "")
         finished = t["done"] >= t["total"]
         if not self.live and (finished or now - t["printed"] >= self.interval):
             t["printed"] = now

@@ -4,10 +4,13 @@ embedded model's plain checkpoint, and a tiny random Llama for fast plumbing tes
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+
+from cai.backends.scripted import ScriptedBackend
 
 PRINCIPLES = [
     {"id": "harm", "critique": "Point out anything harmful in the last response.",
@@ -96,3 +99,27 @@ def tiny_model(tmp_path_factory, embedded) -> str:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+OPTIONS = re.compile(r"\(A\) (.*)\n\(B\) (.*)\n", re.S)
+
+
+class FakeJudge(ScriptedBackend):
+    """A judge whose option log-probabilities come from a function of the two options' texts."""
+
+    def __init__(self, prefer, identity="scripted:judge", reasoning="B is weaker because it is shorter."):
+        super().__init__("judge")
+        self.identity, self.prefer, self.reasoning, self.scored = identity, prefer, reasoning, 0
+
+    def chat(self, conversations, sampling, progress=None):
+        if "Options:" in conversations[0][-1]["content"]:
+            return [self.reasoning for _ in conversations]
+        return super().chat(conversations, sampling, progress)
+
+    def choice_logprobs(self, conversations, choices, progress=None):
+        self.scored += len(conversations)
+        out = []
+        for conv in conversations:
+            a, b = OPTIONS.search(conv[0]["content"]).groups()
+            out.append(list(self.prefer(a.strip(), b.strip())))
+        return out

@@ -44,8 +44,8 @@ def test_seeded_sampling_is_reproducible(backend):
     assert backend.chat(CONVS[:2], s) == backend.chat(CONVS[:2], s)
 
 
-def test_choice_logprobs_match_a_direct_forward_pass(backend):
-    choices = ["(A)", "(B)"]
+@pytest.mark.parametrize("choices", [["(A)", "(B)"], ["A", "B"]])  # multi-token, and the single-token fast path
+def test_choice_logprobs_match_a_direct_forward_pass(backend, choices):
     scores = backend.choice_logprobs(CONVS, choices)
     tok, model = backend.tokenizer, backend.model
     for conv, row in zip(CONVS, scores):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 import sys
 
@@ -16,31 +15,7 @@ from cai.constitution import load_constitution
 from cai.feedback import Comparison, Judge, soft_label
 from cai.generate import generate
 from cai.pairs import label
-from conftest import write_constitution, write_pipeline
-
-OPTIONS = re.compile(r"\(A\) (.*)\n\(B\) (.*)\n", re.S)
-
-
-class FakeJudge(ScriptedBackend):
-    """A judge whose option log-probabilities come from a function of the two options' texts."""
-
-    def __init__(self, prefer, identity="scripted:judge", reasoning="B is weaker because it is shorter."):
-        super().__init__("judge")
-        self.identity, self.prefer, self.reasoning, self.scored = identity, prefer, reasoning, 0
-
-    def chat(self, conversations, sampling, progress=None):
-        if "Options:" in conversations[0][-1]["content"]:
-            return [self.reasoning for _ in conversations]
-        return super().chat(conversations, sampling, progress)
-
-    def choice_logprobs(self, conversations, choices, progress=None):
-        self.scored += len(conversations)
-        out = []
-        for conv in conversations:
-            a, b = OPTIONS.search(conv[0]["content"]).groups()
-            out.append(list(self.prefer(a.strip(), b.strip())))
-        return out
-
+from conftest import FakeJudge, write_constitution, write_pipeline
 
 def always_a(a, b):
     return (math.log(0.9), math.log(0.1))

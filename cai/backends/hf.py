@@ -96,8 +96,10 @@ class TransformersBackend:
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         progress: Progress | None = None) -> list[list[float]]:
         choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
-        pairs = [(ci, k) for ci in range(len(conversations)) for k in range(len(choices))]
         prefixes = [self._encode(c) for c in conversations]
+        if all(len(ids) == 1 for ids in choice_ids):
+            return self._next_token_logprobs(prefixes, [ids[0] for ids in choice_ids], progress)
+        pairs = [(ci, k) for ci in range(len(conversations)) for k in range(len(choices))]
         scores = [[0.0] * len(choices) for _ in conversations]
         order = sorted(pairs, key=lambda p: len(prefixes[p[0]]))
         for start in range(0, len(order), self.batch_size):
@@ -115,4 +117,20 @@ class TransformersBackend:
                 scores[ci][k] = float(logp[row, positions - 1, targets].sum())
             if progress:
                 progress(len(chunk))
+        return scores
+
+    def _next_token_logprobs(self, prefixes: list[list[int]], tokens: list[int],
+                             progress: Progress | None) -> list[list[float]]:
+        """Single-token choices (a judge's "A"/"B"): one forward per conversation, last position only."""
+        scores: list[list[float]] = [[] for _ in prefixes]
+        order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            ids, mask = self._pad([prefixes[i] for i in chunk])
+            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1].float()
+            logp = torch.log_softmax(logits, dim=-1)[:, tokens]
+            for row, i in enumerate(chunk):
+                scores[i] = [float(x) for x in logp[row]]
+            if progress:
+                progress(len(chunk) * len(tokens))  # same units as the general path: (conversation, choice)
         return scores

@@ -1,0 +1,44 @@
+"""95 % intervals for the figures the audit and eval report: Wilson for proportions, bootstrap otherwise."""
+
+from __future__ import annotations
+
+import math
+import random
+from statistics import fmean
+from typing import Callable, Sequence
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes in n; (0, 1) when n is 0. Sound at small n and p near 0 or 1."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_ci(values: Sequence, stat: Callable[[Sequence], float] = fmean, n: int = 1000,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of `stat` over `values` (resampled whole, so pairs may be tuples)."""
+    values = list(values)
+    if not values:
+        return (math.nan, math.nan)
+    rng = random.Random(seed)
+    draws = sorted(stat([values[rng.randrange(len(values))] for _ in values]) for _ in range(n))
+    return (draws[int(0.025 * (n - 1))], draws[int(0.975 * (n - 1))])
+
+
+def proportion(k: int, n: int) -> dict:
+    """A proportion as the audit reports it: value, n and its Wilson interval."""
+    lo, hi = wilson(k, n)
+    return {"value": k / n if n else None, "n": n, "ci95": [lo, hi], "interval": "wilson"}
+
+
+def mean_figure(values: Sequence[float], stat: Callable[[Sequence], float] = fmean) -> dict:
+    """A mean-like statistic with its bootstrap interval."""
+    values = list(values)
+    if not values:
+        return {"value": None, "n": 0, "ci95": [None, None], "interval": "bootstrap"}
+    lo, hi = bootstrap_ci(values, stat)
+    return {"value": stat(values), "n": len(values), "ci95": [lo, hi], "interval": "bootstrap"}
