@@ -115,6 +115,37 @@ def test_cai_generate_over_the_server(server, tmp_path):
     assert json.loads((out / "run.json").read_text())["counts"]["model_calls"] == 0
 
 
+def test_a_server_judges_a_transformers_policy(server, tmp_path):
+    """AI feedback across backends: the policy in-process, the judge behind the API."""
+    pipeline = tmp_path / "judge.yaml"
+    pipeline.write_text(
+        f"name: judged\nconstitution: {ROOT / 'constitution' / 'harmless.yaml'}\n"
+        f"prompts: [{ROOT / 'pipelines' / 'prompts' / 'red_team.jsonl'}]\nlimit: 2\nrounds: 1\nfew_shot: 1\n"
+        "sampling: {respond: {max_new_tokens: 32}, critique: {max_new_tokens: 32}, revise: {max_new_tokens: 32}}\n"
+        "feedback: {enabled: true, pairs: samples, samples: 2, principles: 2,"
+        " sample_sampling: {max_new_tokens: 32, temperature: 0.9}}\n"
+        f"judge: {{backend: openai, model: smollm2, base_url: '{server}', extra_body: {{repeat_penalty: 1.0}}}}\n"
+    )
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "cai", "generate", str(pipeline), "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": KEY}, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    c = run["counts"]
+    assert run["judge"]["identity"].startswith("api:smollm2") and not run["judge"]["same_as_policy"]
+    assert run["model"]["identity"].startswith("SmolLM2-135M-Instruct")
+    assert c["comparisons"] + c["skipped_identical"] == 2 and c["comparisons"] >= 1
+    assert c["judge_calls"] == c["comparisons"] * 2 * 2  # both orders x 2 principles
+    assert c["unusable"] < c["comparisons"]  # the server's top logprobs do carry the letters
+    assert c["pairs"] + c["ties"] + c["low_confidence"] + c["unusable"] == c["comparisons"]
+    records = [json.loads(l) for f in (out / "records").glob("*.jsonl") for l in f.open()]
+    comps = [comp for r in records for comp in r["feedback"]["comparisons"]]
+    assert any(comp["p_first"] is not None and comp["p_second"] is not None and comp["p_first"] != comp["p_second"]
+               for comp in comps)
+    print("\nllama.cpp judge labels:", [(round(x["p_first"], 3), round(x["p_second"], 3)) for x in comps
+                                        if x["p_a"] is not None])
+
+
 class FaultProxy:
     """Loopback proxy to the server that spoils every fifth request (20 %), cycling through
     429 with Retry-After, 500, a response slower than the client's timeout, and a dropped
