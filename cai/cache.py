@@ -35,10 +35,20 @@ def call_key(model: str, kind: str, messages: list, settings: dict) -> str:
 class Cache:
     """get_many/put_many over one SQLite file; `enabled=False` makes it a no-op."""
 
-    def __init__(self, path: str | Path, enabled: bool = True):
+    def __init__(self, path: str | Path, enabled: bool = True, readonly: bool = False):
         self.enabled = enabled
+        self.readonly = readonly
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
+        if enabled and readonly:
+            # For --plan: look, never create or write. A missing cache reads as empty.
+            if self.path.exists():
+                # A cleanly closed cache has no WAL: read the file as immutable, which creates no
+                # -wal/-shm files beside it. After a killed run the WAL holds committed calls: read it.
+                wal = self.path.with_name(self.path.name + "-wal").exists()
+                mode = "mode=ro" if wal else "immutable=1"
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, timeout=60)
+            return
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -67,7 +77,7 @@ class Cache:
 
     def put_many(self, items: Iterable[tuple[str, str, object]]) -> None:
         """Store (key, model, value) rows in one transaction."""
-        if not self._db:
+        if not self._db or self.readonly:
             return
         now = time.time()
         rows = [(k, json.dumps(v, ensure_ascii=False), m, now) for k, m, v in items]

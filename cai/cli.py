@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -59,6 +60,7 @@ def generate(
     judge_model: Optional[str] = typer.Option(None, help="Judge model for --feedback (default: the policy model itself, which risks self-preference)."),
     judge_backend: Optional[str] = typer.Option(None, help="Backend of the judge model (default: the policy's)."),
     judge_base_url: Optional[str] = typer.Option(None, help="openai judge backend: the server's base URL."),
+    plan: bool = typer.Option(False, "--plan", help="Print which records and model calls the run would recompute (e.g. after a constitution edit), as JSON on stdout; load no model, write nothing."),
 ):
     """Respond, critique and revise each prompt against sampled principles (SL-CAI); write records and a TRL-ready dataset."""
     from cai.config import load_pipeline
@@ -72,12 +74,26 @@ def generate(
             seed=seed, out=str(out) if out else None, cache=False if no_cache else None,
             feedback=feedback, judge_model=judge_model, judge_backend=judge_backend, judge_base_url=judge_base_url,
         )
-        with StageProgress(err) as progress:
-            summary = run(config, str(pipeline) if pipeline else None, progress=progress)
+        if plan:
+            from cai.plan import plan as make_plan
+
+            planned = make_plan(config)
+        else:
+            with StageProgress(err) as progress:
+                summary = run(config, str(pipeline) if pipeline else None, progress=progress)
     except BaseException as exc:  # noqa: BLE001 - every failure maps to an exit code
         if isinstance(exc, typer.Exit):
             raise
         _fail(exc)
+    if plan:
+        p = planned
+        stages = ", ".join(f"{k} {v}" for k, v in p["calls_by_stage"].items()) or "none"
+        err.print(f"plan: {p['prompts']} prompts: {p['records_reused']} records reused as they are, "
+                  f"{p['records_rebuilt']} rebuilt ({p['records_with_new_text']} with new model text); "
+                  f"{p['model_calls']} model calls to make ({stages}), {p['cache_hits']} answered from the cache",
+                  soft_wrap=True)
+        print(json.dumps(p, indent=2))
+        return
     c = summary["counts"]
     flagged = ", ".join(f"{k} {v}" for k, v in c["flagged"].items()) or "none"
     err.print(f"{c['records']} records, {c['pairs']} pairs (flagged: {flagged}); "

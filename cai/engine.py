@@ -35,6 +35,7 @@ class Stats:
     resumed: int = 0
     generated: int = 0
     judge_calls: int = 0  # of model_calls, those that scored a judge's options
+    stage_calls: Counter = field(default_factory=Counter)  # model calls by stage kind
     failed: int = 0  # examples left pending because a call failed; retried by the next run
     failed_calls: int = 0
     errors: list = field(default_factory=list)  # a few (stage, error) samples for run.json
@@ -52,14 +53,15 @@ def _prompt_digest(text: str) -> str:
 
 class Engine:
     def __init__(self, config: PipelineConfig, constitution: Constitution, backend: Backend,
-                 out: Path, progress: StageProgress | None = None, judge_backend: Backend | None = None):
+                 out: Path, progress: StageProgress | None = None, judge_backend: Backend | None = None,
+                 readonly: bool = False):
         self.config = config
         self.constitution = constitution
         self.backend = backend
         self.judge_backend = judge_backend or backend
         self.out = Path(out)
         self.store = RecordStore(self.out / "records")
-        self.cache = Cache(self.out / "cache.sqlite", enabled=config.cache)
+        self.cache = Cache(self.out / "cache.sqlite", enabled=config.cache, readonly=readonly)
         self.progress = progress
         self.program = SLCAI(constitution, config.rounds, config.seed, config.few_shot,
                              config.system_prompt)
@@ -111,6 +113,7 @@ class Engine:
                 progress=(lambda n: self.progress.advance(stage, n)) if self.progress else None,
             )
             self.stats.model_calls += len(missing)
+            self.stats.stage_calls[stage.split(":")[0]] += len(missing)
             new = {keys[i]: out for i, out in zip(missing, outputs)}
             # Failures are answered this time but never cached: the next run retries them.
             self.cache.put_many((k, model, v) for k, v in new.items() if not isinstance(v, CallFailed))
@@ -137,6 +140,7 @@ class Engine:
             )
             self.stats.model_calls += len(missing)
             self.stats.judge_calls += len(missing)
+            self.stats.stage_calls[stage] += len(missing)
             new = {keys[i]: out for i, out in zip(missing, outputs)}
             self.cache.put_many((k, backend.identity, v) for k, v in new.items() if not isinstance(v, CallFailed))
             self.stats.failed_calls += sum(isinstance(v, CallFailed) for v in new.values())
@@ -167,20 +171,13 @@ class Engine:
     def run(self, examples: list[dict]) -> Stats:
         self.store.sweep()
         todo = self.pending(examples)
-        meta = {"model": self.backend.identity, "constitution_sha256": self.constitution.sha256}
         if self.progress:
             for stage in self.program.stages() + (self.feedback.stages() if self.feedback else []):
                 self.progress.add(stage, 0 if stage in self._open_ended else len(todo))
         size = self.config.chunk_size
         try:
             for start in range(0, len(todo), size):
-                chunk = todo[start:start + size]
-                records = [new_record(ex, self.fingerprint,
-                                      {**meta, "prompt_sha": _prompt_digest(ex["prompt"])})
-                           for ex in chunk]
-                self.program.run(records, self._call)
-                if self.feedback:
-                    self.feedback.run(records, self._call, self._score)
+                records = self.process(todo[start:start + size])
                 done = [rec for rec in records if "failed" not in rec]
                 for rec in records:
                     rec["created"] = time.time()
@@ -193,6 +190,16 @@ class Engine:
         finally:
             self.cache.close()
         return self.stats
+
+    def process(self, chunk: list[dict]) -> list[dict]:
+        """One chunk through every stage; records come back filled (or marked failed), not stored."""
+        meta = {"model": self.backend.identity, "constitution_sha256": self.constitution.sha256}
+        records = [new_record(ex, self.fingerprint, {**meta, "prompt_sha": _prompt_digest(ex["prompt"])})
+                   for ex in chunk]
+        self.program.run(records, self._call)
+        if self.feedback:
+            self.feedback.run(records, self._call, self._score)
+        return records
 
     def current_records(self, examples: list[dict]):
         """This run's records, in prompt order of the records' shards, for the dataset."""

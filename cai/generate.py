@@ -61,13 +61,11 @@ def check_inputs(config: PipelineConfig):
     return constitution, examples
 
 
-def load_backend(config: PipelineConfig, **options):
-    from cai.models import ModelNotFound
-
-    options = {"model": config.model, **options}
+def backend_options(config: PipelineConfig) -> tuple[str, dict]:
+    """The backend's registry name and constructor options, from the config."""
+    options: dict = {"model": config.model}
     if config.backend == "transformers":
-        options.setdefault("batch_size", config.batch_size)
-        options.setdefault("dtype", config.dtype)
+        options.update(batch_size=config.batch_size, dtype=config.dtype)
     if config.backend == "vllm":
         options.update(dtype=config.dtype, tensor_parallel_size=config.tensor_parallel_size,
                        data_parallel_size=config.data_parallel_size,
@@ -79,10 +77,28 @@ def load_backend(config: PipelineConfig, **options):
         options.update(base_url=config.base_url, api_key_env=config.api_key_env,
                        concurrency=config.concurrency, timeout=config.timeout,
                        extra_body=config.extra_body)
+    return config.backend, options
+
+
+def backend_identity(config: PipelineConfig) -> str:
+    """The identity load_backend's backend would have, without loading it."""
+    from cai.models import ModelNotFound
+
+    name, options = backend_options(config)
+    try:
+        return backends.identity(name, **options)
+    except (ModelNotFound, OSError) as exc:
+        raise InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])]) from None
+
+
+def load_backend(config: PipelineConfig):
+    from cai.models import ModelNotFound
+
+    name, options = backend_options(config)
     from cai.backends.openai_api import MissingAPIKey, UnknownModel
 
     try:
-        return backends.create(config.backend, **options)
+        return backends.create(name, **options)
     except (ModelNotFound, UnknownModel) as exc:
         # A model path or id that cannot be loaded is bad input, not a crash.
         raise InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])]) from None

@@ -50,8 +50,8 @@ class StageProgress:
         if not self.live and (finished or now - t["printed"] >= self.interval):
             t["printed"] = now
             eta = (t["total"] - t["done"]) / rate if rate > 0 else 0.0
-            print(f"{stage:>12} {t['done']}/{t['total']} {rate:.1f} ex/s eta {eta:.0f}s",
-                  file=sys.stderr, flush=True)
+            speed = f" {rate:.1f} ex/s eta {eta:.0f}s" if elapsed > 0.5 else ""
+            print(f"{stage:>12} {t['done']}/{t['total']}{speed}", file=sys.stderr, flush=True)
 
     def extend(self, stage: str, n: int) -> None:
         """More work for a stage whose size is known only chunk by chunk (the judge's)."""

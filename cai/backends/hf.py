@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from cai import models
-from cai.backends import Conversation, Progress, Sampling, prompt_ids
+from cai.backends import Conversation, Progress, Sampling, identity, prompt_ids
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -28,8 +28,7 @@ class TransformersBackend:
         # Our own progress shows per stage; transformers' per-load bars are noise there.
         hf_logging.disable_progress_bar()
         ref = models.resolve(model)
-        # Outputs differ by dtype, so cache keys must too.
-        self.identity = ref.identity if dtype == "float32" else f"{ref.identity}|{dtype}"
+        self.identity = identity("transformers", model, dtype)
         self.batch_size = max(1, batch_size)
         self.max_input_tokens = max_input_tokens
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import openai
 
-from cai.backends import CallFailed, Conversation, Progress, Sampling
+from cai.backends import CallFailed, Conversation, Progress, Sampling, identity
 
 
 class MissingAPIKey(ValueError):
@@ -42,7 +42,7 @@ class OpenAIBackend:
         # The same model behind another URL gives the same answers; server-specific
         # sampling fields (extra_body) change them, so they are part of the identity.
         self.extra_body = dict(extra_body or {})
-        self.identity = f"api:{model}" + (f"|{json.dumps(self.extra_body, sort_keys=True)}" if self.extra_body else "")
+        self.identity = identity("openai", model, extra_body=self.extra_body)
         self.concurrency = max(1, concurrency)
         # requests: calls made; attempts: HTTP tries, so attempts - requests = the client's retries.
         self.stats = {"requests": 0, "attempts": 0, "retries": 0, "failed": 0}

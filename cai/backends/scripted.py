@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Sequence
 
-from cai.backends import Conversation, Progress, Sampling
+from cai.backends import Conversation, Progress, Sampling, identity
 
 
 def echo_script(conversation: Conversation) -> str:
@@ -23,7 +23,7 @@ class ScriptedBackend:
     supports_logprobs = True
 
     def __init__(self, model: str | None = None, script: Callable[[Conversation], str] | None = None, **_):
-        self.identity = f"scripted:{model or 'echo'}"
+        self.identity = identity("scripted", model)
         self.script = script or echo_script
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],

@@ -14,7 +14,7 @@ from typing import Sequence
 from vllm import LLM, SamplingParams
 
 from cai import models
-from cai.backends import Conversation, Progress, Sampling, prompt_ids
+from cai.backends import Conversation, Progress, Sampling, identity, prompt_ids
 
 
 class VLLMBackend:
@@ -24,8 +24,7 @@ class VLLMBackend:
                  gpu_memory_utilization: float = 0.9, max_model_len: int = 4096,
                  dtype: str = "auto", **_):
         ref = models.resolve(model)
-        # Numerics differ from transformers', so its answers are cached apart.
-        self.identity = f"{ref.identity}|vllm|{dtype}"
+        self.identity = identity("vllm", model, dtype)
         self.llm = LLM(
             model=ref.path, revision=ref.revision, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,

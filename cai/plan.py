@@ -1,0 +1,67 @@
+"""`cai generate --plan`: which model calls a run would make, without loading a model or writing anything.
+
+The run's own stages are played against the call cache with a stand-in
+backend: a cached call returns its cached output, a missing one returns a
+placeholder and is counted, and the placeholder flows into the next stage's
+conversation, so everything downstream of a change is counted too (from the
+first affected round on). That is exact whenever a recomputed output differs
+from the old one; when a model happens to reproduce its old output word for
+word, the real run finds later calls cached and makes fewer than planned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+
+from cai.config import PipelineConfig
+from cai.engine import Engine
+from cai.generate import backend_identity, check_inputs
+
+
+PLACEHOLDER = "<not generated yet"
+
+
+class _Planned:
+    """Stands in for a backend: counts what it is asked, answers with placeholders."""
+
+    supports_logprobs = True
+
+    def __init__(self, identity: str):
+        self.identity = identity
+        self.asked: Counter = Counter()
+
+    def chat(self, conversations, sampling, progress=None):
+        self.asked["chat"] += len(conversations)
+        # Distinct words, so planned outputs never make equal conversations downstream and pass
+        # the quality gates: judge calls on text not generated yet are an upper bound.
+        first = self.asked["chat"] - len(conversations)
+        return [f"{PLACEHOLDER}> " + " ".join(hashlib.sha256(f"{first + i}:{k}".encode()).hexdigest()[:8]
+                                              for k in range(12)) for i in range(len(conversations))]
+
+    def choice_logprobs(self, conversations, choices, progress=None):
+        self.asked["choices"] += len(conversations)
+        return [[-0.5, -1.0] for _ in conversations]
+
+
+def plan(config: PipelineConfig) -> dict:
+    """What `cai generate` with this config would do: records reused or rebuilt, model calls per stage."""
+    constitution, examples = check_inputs(config)
+    policy = _Planned(backend_identity(config))
+    judge = None
+    if config.feedback.enabled and not config.judge_is_policy():
+        judge = _Planned(backend_identity(config.judge_config()))
+    engine = Engine(config, constitution, policy, config.resolved_out(), judge_backend=judge, readonly=True)
+    changed = 0
+    try:
+        todo = engine.pending(examples)
+        for start in range(0, len(todo), config.chunk_size):
+            for rec in engine.process(todo[start:start + config.chunk_size]):
+                changed += PLACEHOLDER in json.dumps(rec)
+    finally:
+        engine.cache.close()
+    s = engine.stats
+    return {"prompts": len(examples), "records_reused": s.resumed, "records_rebuilt": len(todo),
+            "records_with_new_text": changed, "model_calls": s.model_calls, "judge_calls": s.judge_calls,
+            "cache_hits": s.cache_hits, "calls_by_stage": dict(sorted(s.stage_calls.items()))}
