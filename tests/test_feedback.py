@@ -211,3 +211,34 @@ def test_soft_labels_on_the_embedded_model(embedded, tmp_path):
     assert any(abs(f - s) > 1e-3 for f, s in zip(firsts, seconds))  # the swapped order was really scored
     assert all(v.option_mass > 0.01 for v in verdicts)  # the judge does answer with a letter
     print("embedded judge:", [(v.id, round(v.p_first, 3), round(v.p_second, 3)) for v in verdicts])
+
+
+@pytest.mark.slow
+def test_generate_with_feedback_on_the_embedded_model(tmp_path):
+    import datasets
+
+    pipeline = tmp_path / "fb.yaml"
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    pipeline.write_text(
+        f"name: fb\nconstitution: {root / 'constitution' / 'harmless.yaml'}\n"
+        f"prompts: [{root / 'pipelines' / 'prompts' / 'red_team.jsonl'}, {root / 'pipelines' / 'prompts' / 'benign.jsonl'}]\n"
+        "limit: 3\nrounds: 1\nfew_shot: 1\ntest_size: 0\n"
+        "sampling: {respond: {max_new_tokens: 32}, critique: {max_new_tokens: 32}, revise: {max_new_tokens: 32}}\n"
+        "feedback: {enabled: true, pairs: both, samples: 2, principles: 2, include_ties: true,"
+        " sample_sampling: {max_new_tokens: 32, temperature: 0.9}}\n")
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "cai", "generate", str(pipeline), "--out", str(out)],
+                         capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    c = run["counts"]
+    assert run["judge"]["same_as_policy"] and "self-preference" in res.stderr
+    assert c["comparisons"] >= 3 and c["judge_calls"] == c["comparisons"] * 4
+    assert c["unusable"] == 0  # the embedded judge always gives both letters some probability
+    rows = datasets.load_dataset(str(out / "dataset"))["train"]
+    assert len(rows) == c["pairs"] == c["comparisons"] - c["low_confidence"]
+    probs = rows["chosen_prob"]
+    assert all(0.5 <= p <= 1 for p in probs) and len(set(probs)) > 1
+    for r in rows:
+        assert r["margin"] == pytest.approx(math.log(r["chosen_prob"] / (1 - r["chosen_prob"])))
+        assert r["chosen"] != r["rejected"] and len(r["judge_principle_ids"]) == 2
