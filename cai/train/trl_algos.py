@@ -97,7 +97,7 @@ def orpo(config, source, model_path, tok, out):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     train = data.require_rows(data.pairs(source, min_confidence=config.min_confidence), "orpo")
-    args = ORPOConfig(**common_args(config, out), max_length=config.max_length, beta=beta(config))
+    args = ORPOConfig(**{**common_args(config, out), "remove_unused_columns": False}, max_length=config.max_length, beta=beta(config))
     return ORPOTrainer(model=load_policy(model_path), args=args, train_dataset=train, processing_class=tok,
                        peft_config=lora(config))
 
@@ -107,7 +107,7 @@ def simpo(config, source, model_path, tok, out):
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     train = data.require_rows(data.pairs(source, min_confidence=config.min_confidence), "simpo")
-    args = CPOConfig(**common_args(config, out), max_length=config.max_length, beta=beta(config),
+    args = CPOConfig(**{**common_args(config, out), "remove_unused_columns": False}, max_length=config.max_length, beta=beta(config),
                      loss_type="simpo", cpo_alpha=0.0, simpo_gamma=config.simpo_gamma)
     return CPOTrainer(model=load_policy(model_path), args=args, train_dataset=train, processing_class=tok,
                       peft_config=lora(config))
