@@ -40,10 +40,11 @@ def _reward_model_for(config: TrainConfig, out: Path, console) -> str:
     return str(rm_out)
 
 
-def train(config: TrainConfig, console=None, reward_fn=None) -> dict:
+def train(config: TrainConfig, console=None, reward_fn=None, callbacks=()) -> dict:
     """Train ALGO on the data and write DIR; returns the metrics (also in DIR/metrics.json).
 
-    `reward_fn(prompts, completions) -> scores` replaces the reward model in PPO (tests, scripted rewards).
+    `reward_fn(prompts, completions) -> scores` replaces the reward model in PPO (tests, scripted rewards);
+    `callbacks` are extra transformers TrainerCallbacks for the TRL trainers (the benchmark times steps with one).
     """
     import datasets
     from transformers.utils import logging as hf_logging
@@ -77,6 +78,8 @@ def train(config: TrainConfig, console=None, reward_fn=None) -> dict:
 
         trainer.remove_callback(PrinterCallback)  # our progress shows the loss instead of raw dicts
         trainer.add_callback(progress)
+        for callback in callbacks:
+            trainer.add_callback(callback)
         trainer.train()
         model, history = trainer.model, trainer.state.log_history
         if config.algo == "reward" and config.eval_reward:
