@@ -148,6 +148,83 @@ def audit(
 
 
 @app.command()
+def train(
+    algo: str = typer.Argument(..., help="sft | dpo | kto | orpo | simpo | reward | ppo | grpo."),
+    data: Path = typer.Option(..., "--data", help="Run directory from `cai generate` (RUN/dataset, RUN/sft) or a dataset folder with {train,test}.parquet."),
+    out: Optional[Path] = typer.Option(None, help="Output directory for the trained model (default: DATA/train/ALGO)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Training YAML (default: pipelines/train.yaml); flags override it."),
+    model: Optional[str] = typer.Option(None, help="Starting model: `embedded` (default, the shipped SmolLM2-135M-Instruct as a plain checkpoint), a checkpoint folder or a hub id."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA adapters (default; merged into DIR, adapter kept in DIR/adapter) or full fine-tuning."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps (PPO: rollout batches); overrides --epochs."),
+    epochs: Optional[float] = typer.Option(None, help="Passes over the training split."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default depends on ALGO, e.g. 5e-5 for DPO)."),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per device step."),
+    beta: Optional[float] = typer.Option(None, help="DPO/KTO/ORPO/SimPO beta; PPO/GRPO KL coefficient."),
+    max_length: Optional[int] = typer.Option(None, help="Max tokens per sequence (prompt + answer)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    loss_type: Optional[str] = typer.Option(None, help="DPO loss variant: sigmoid, ipo, hinge, robust, ..."),
+    min_confidence: Optional[float] = typer.Option(None, help="With AI-feedback labels: drop pairs whose judge chosen_prob is below this."),
+    reward_model: Optional[str] = typer.Option(None, help="ppo/grpo: a `cai train reward` output; trained first from the same data when missing."),
+    report_to: Optional[List[str]] = typer.Option(None, help="Also log to tensorboard or wandb (TRL's report_to); repeatable."),
+):
+    """Train a model on a generated dataset with TRL (sft, dpo, kto, orpo, simpo, reward, grpo) or our PPO."""
+    from cai.train.config import ALGOS, load_train_config
+
+    try:
+        if algo not in ALGOS:
+            raise InputError([Problem("ALGO", None, "", f"unknown algorithm {algo!r} (one of {', '.join(ALGOS)})")])
+        cfg = load_train_config(config, algo=algo, data=str(data), out=str(out) if out else None, model=model,
+                                lora=lora, max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size,
+                                beta=beta, max_length=max_length, seed=seed, loss_type=loss_type,
+                                min_confidence=min_confidence, reward_model=reward_model, report_to=report_to)
+        from cai.train import train as run
+
+        metrics = run(cfg, console=err)
+    except BaseException as exc:  # noqa: BLE001 - every failure maps to an exit code
+        if isinstance(exc, typer.Exit):
+            raise
+        _fail(exc)
+    loss = metrics.get("final_loss")
+    extra = ""
+    if metrics.get("heldout"):
+        h = metrics["heldout"]
+        extra = f"; held-out pairwise accuracy {h['accuracy']:.3f} (n={h['n']}, 95% CI {h['ci95'][0]:.2f}-{h['ci95'][1]:.2f})"
+    err.print(f"{cfg.algo}: {metrics['steps']} steps in {metrics['train_seconds']:.0f}s, final loss "
+              f"{loss if loss is None else f'{loss:.4f}'}{extra}")
+    print(cfg.resolved_out())
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Option(..., help="The trained model folder (a `cai train` output)."),
+    baseline: Optional[str] = typer.Option(None, help="Model to compare with (default: the trained model's base model from its train.json, else `embedded`)."),
+    out: Path = typer.Option(..., help="Output folder for eval.json and report.html."),
+    prompts: Optional[List[str]] = typer.Option(None, help="Prompt files (red-team ids rt-..., benign bn-... or a `category`); default: the shipped sets' test split."),
+    judge_model: Optional[str] = typer.Option(None, help="Judge model (default: the baseline model)."),
+    constitution: Optional[Path] = typer.Option(None, help="Constitution whose comparison questions the judge asks (default: constitution/harmless.yaml)."),
+    limit: Optional[int] = typer.Option(None, help="At most this many prompts of each kind (red-team, benign)."),
+    max_new_tokens: int = typer.Option(128, help="Tokens per generated answer."),
+    principles: int = typer.Option(2, help="Principles the judge samples per comparison."),
+    seed: int = typer.Option(0, help="Seed for the judge's principle draw and bootstrap intervals."),
+):
+    """Compare a trained model with its baseline: harmlessness preference, benign refusals, harmful compliance, length."""
+    from cai.train.eval import EvalConfig, run_eval
+
+    try:
+        cfg = EvalConfig(model=model, baseline=baseline, out=str(out), prompts=prompts or [], judge_model=judge_model,
+                         constitution=str(constitution) if constitution else None, limit=limit,
+                         max_new_tokens=max_new_tokens, principles=principles, seed=seed)
+        result = run_eval(cfg, console=err)
+    except BaseException as exc:  # noqa: BLE001
+        if isinstance(exc, typer.Exit):
+            raise
+        _fail(exc)
+    for line in result["summary_lines"]:
+        err.print(line, soft_wrap=True)
+    print(Path(out) / "report.html")
+
+
+@app.command()
 def validate(paths: List[Path] = typer.Argument(..., help="Constitution or pipeline YAML files (or prompt files).")):
     """Check constitutions, pipelines and prompt files; print one line per problem (FILE:LINE: field: message)."""
     from cai.validate import check_path

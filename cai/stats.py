@@ -1,4 +1,4 @@
-"""95 % intervals for the figures the audit and eval report: Wilson for proportions, bootstrap otherwise."""
+"""Small statistics helpers for reports: 95 % intervals for proportions and means."""
 
 from __future__ import annotations
 
@@ -9,24 +9,29 @@ from typing import Callable, Sequence
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes in n; (0, 1) when n is 0. Sound at small n and p near 0 or 1."""
-    if n == 0:
+    """Wilson score interval for k successes in n trials; (0, 1) when n is 0."""
+    if n <= 0:
         return (0.0, 1.0)
     p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def bootstrap_ci(values: Sequence, stat: Callable[[Sequence], float] = fmean, n: int = 1000,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of `stat` over `values` (resampled whole, so pairs may be tuples)."""
+def bootstrap_ci(values: Sequence[float], stat: Callable[[Sequence[float]], float] = fmean,
+                 n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of `stat` over `values` (deterministic for a seed)."""
     values = list(values)
     if not values:
-        return (math.nan, math.nan)
+        return (float("nan"), float("nan"))
+    if len(values) == 1:
+        return (float(stat(values)), float(stat(values)))
     rng = random.Random(seed)
-    draws = sorted(stat([values[rng.randrange(len(values))] for _ in values]) for _ in range(n))
-    return (draws[int(0.025 * (n - 1))], draws[int(0.975 * (n - 1))])
+    stats = sorted(stat([values[rng.randrange(len(values))] for _ in values]) for _ in range(n))
+    lo = stats[int((1 - level) / 2 * (n - 1))]
+    hi = stats[int((1 + level) / 2 * (n - 1))]
+    return (float(lo), float(hi))
 
 
 def proportion(k: int, n: int) -> dict:

@@ -1,0 +1,165 @@
+"""Where the training data is and the views each algorithm needs.
+
+`--data` is a run directory made by `cai generate` (RUN/dataset holds the
+preference pairs, RUN/sft the SL-CAI messages) or a dataset folder with
+`{train,test}.parquet`. Views:
+
+- messages  -> prompt/completion (SFT; the loss falls on the completion = the assistant turn)
+- pairs     -> prompt/chosen/rejected (+ `margin` when AI-feedback labels are there)
+- kto       -> prompt/completion/label, two unpaired rows per pair
+- prompts   -> prompt (PPO/GRPO rollouts)
+
+AI-feedback columns are optional: with `chosen_prob` present, pairs below
+`min_confidence` are dropped; `margin` is kept for the reward model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cai.errors import InputError, Problem
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class Source:
+    pairs_dir: Path | None  # folder with the preference parquet files
+    sft_dir: Path | None  # folder with the messages parquet files
+    constitution_sha256: str | None
+
+
+def _has_split(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("*.parquet"))
+
+
+def locate(data: str | None) -> Source:
+    if not data:
+        raise InputError([Problem("--data", None, "", "give a run directory (from `cai generate`) or a dataset folder")])
+    root = Path(data)
+    if not root.is_dir():
+        raise InputError([Problem(str(root), None, "--data", "no such directory")])
+    sha = None
+    if (root / "run.json").is_file():
+        try:
+            sha = json.loads((root / "run.json").read_text()).get("constitution_sha256")
+        except (OSError, ValueError):
+            pass
+    if _has_split(root / "dataset") or _has_split(root / "sft"):
+        pairs = root / "dataset" if _has_split(root / "dataset") else None
+        sft = root / "sft" if _has_split(root / "sft") else None
+        return Source(pairs, sft, sha)
+    if _has_split(root):
+        import pyarrow.parquet as pq
+
+        columns = set(pq.read_schema(next(iter(sorted(root.glob("*.parquet"))))).names)
+        return Source(root if {"chosen", "rejected"} <= columns else None,
+                      root if "messages" in columns else None, sha)
+    raise InputError([Problem(str(root), None, "--data", "no dataset here: expected RUN/dataset/*.parquet, "
+                              "RUN/sft/*.parquet or {train,test}.parquet")])
+
+
+def _load(folder: Path, split: str):
+    from datasets import Dataset
+
+    path = folder / f"{split}.parquet"
+    if not path.is_file():
+        return None
+    return Dataset.from_parquet(str(path), keep_in_memory=True)
+
+
+def _require(ds, columns, folder: Path, what: str) -> None:
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise InputError([Problem(str(folder), None, "columns",
+                                  f"{what} needs column(s) {', '.join(missing)} (has {', '.join(ds.column_names)})")])
+
+
+def constitution_hash(source: Source) -> str | None:
+    """From run.json, else the dataset's own constitution_sha256 column (when it holds one value)."""
+    if source.constitution_sha256:
+        return source.constitution_sha256
+    for folder in (source.pairs_dir, source.sft_dir):
+        ds = folder and _load(folder, "train")
+        if ds is not None and "constitution_sha256" in ds.column_names:
+            values = set(ds["constitution_sha256"])
+            return values.pop() if len(values) == 1 else ",".join(sorted(v for v in values if v))
+    return None
+
+
+def pairs(source: Source, split: str = "train", min_confidence: float = 0.0, keep_margin: bool = False):
+    """prompt/chosen/rejected (+ margin), filtered by judge confidence when labels are present."""
+    if source.pairs_dir is None:
+        raise InputError([Problem("--data", None, "", "no preference pairs (prompt/chosen/rejected) in this data")])
+    ds = _load(source.pairs_dir, split)
+    if ds is None:
+        return None
+    _require(ds, PAIR_COLUMNS, source.pairs_dir, "preference training")
+    if min_confidence > 0 and "chosen_prob" in ds.column_names:
+        ds = ds.filter(lambda p: p is None or p >= min_confidence, input_columns="chosen_prob")
+    keep = list(PAIR_COLUMNS) + (["margin"] if keep_margin and "margin" in ds.column_names else [])
+    ds = ds.select_columns(keep)
+    if "margin" in keep:  # a pair without a label gets no margin
+        ds = ds.map(lambda m: {"margin": 0.0 if m is None else float(m)}, input_columns="margin")
+    return ds
+
+
+def messages(source: Source, split: str = "train"):
+    """The SFT view as prompt/completion, so the loss covers the assistant's reply only."""
+    if source.sft_dir is not None:
+        ds = _load(source.sft_dir, split)
+        if ds is None:
+            return None
+        _require(ds, ["messages"], source.sft_dir, "sft")
+        ds = ds.select_columns(["messages"])
+    elif source.pairs_dir is not None:  # a bare preference dataset: fine-tune on the chosen answers
+        ds = pairs(source, split)
+        if ds is None:
+            return None
+        ds = ds.map(lambda p, c: {"messages": p + c}, input_columns=["prompt", "chosen"],
+                    remove_columns=list(PAIR_COLUMNS))
+    else:
+        raise InputError([Problem("--data", None, "", "no SFT data (messages) in this data")])
+    return ds.map(lambda m: {"prompt": m[:-1], "completion": m[-1:]}, input_columns="messages",
+                  remove_columns=["messages"])
+
+
+def kto(source: Source, split: str = "train", min_confidence: float = 0.0):
+    """Unpaired rows: each pair gives (prompt, chosen, True) and (prompt, rejected, False)."""
+    ds = pairs(source, split, min_confidence)
+    if ds is None:
+        return None
+    from datasets import Dataset
+
+    rows = []
+    for row in ds:
+        rows.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
+        rows.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
+    return Dataset.from_list(rows)
+
+
+def prompts(source: Source, split: str = "train"):
+    """Distinct prompts (message lists) for rollouts."""
+    from datasets import Dataset
+
+    ds = pairs(source, split) if source.pairs_dir is not None else None
+    if ds is None and source.sft_dir is not None:
+        m = messages(source, split)
+        ds = m.rename_column("completion", "_c") if m is not None else None
+    if ds is None:
+        return None
+    seen, rows = set(), []
+    for p in ds["prompt"]:
+        key = json.dumps(p, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            rows.append({"prompt": p})
+    return Dataset.from_list(rows)
+
+
+def require_rows(ds, what: str):
+    if ds is None or len(ds) == 0:
+        raise InputError([Problem("--data", None, "", f"no training rows for {what} (empty train split)")])
+    return ds

@@ -1,0 +1,114 @@
+"""eval.json -> one self-contained report.html: figures with intervals, plots inlined as PNG, answers side by side."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _bars(result: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = result["metrics"]
+    rows = [("harmful compliance\n(judge)", "harmful_compliance", "judge"),
+            ("harmful compliance\n(phrase)", "harmful_compliance", "phrase"),
+            ("benign refusal\n(judge)", "benign_refusal", "judge"),
+            ("benign refusal\n(phrase)", "benign_refusal", "phrase")]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for j, name in enumerate(("baseline", "trained")):
+        xs, ys, lo, hi = [], [], [], []
+        for i, (_, metric, how) in enumerate(rows):
+            p = m[name][metric][how]
+            if p["rate"] is None:
+                continue
+            xs.append(i + (j - 0.5) * 0.38)
+            ys.append(p["rate"])
+            lo.append(p["rate"] - p["ci95"][0])
+            hi.append(p["ci95"][1] - p["rate"])
+        ax.bar(xs, ys, width=0.36, yerr=[lo, hi], capsize=3, label=name)
+    ax.set_xticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("rate (95 % Wilson)")
+    ax.legend()
+    fig.tight_layout()
+    src = _png(fig)
+    plt.close(fig)
+    return src
+
+
+def _hist(result: dict) -> str | None:
+    import matplotlib.pyplot as plt
+
+    ps = [e["p_trained_better"] for e in result["examples"] if e.get("p_trained_better") is not None]
+    if not ps:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(ps, bins=10, range=(0, 1))
+    ax.axvline(0.5, color="k", lw=1)
+    ax.set_xlabel("judge P(trained answer is more harmless)")
+    ax.set_ylabel("red-team prompts")
+    fig.tight_layout()
+    src = _png(fig)
+    plt.close(fig)
+    return src
+
+
+def _ci(p: dict, key: str = "rate") -> str:
+    if p.get(key) is None:
+        return "n/a"
+    return f"{p[key]:.3f} <small>[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}], n={p['n']}</small>"
+
+
+def write_report(result: dict, path: Path) -> None:
+    m, e = result["metrics"], html.escape
+    pref = m["harmlessness_preference"]
+    table = [("harmful compliance, judge", "harmful_compliance", "judge"),
+             ("harmful compliance, phrase check", "harmful_compliance", "phrase"),
+             ("benign refusal, judge", "benign_refusal", "judge"),
+             ("benign refusal, phrase check", "benign_refusal", "phrase")]
+    rows = "".join(f"<tr><td>{label}</td><td>{_ci(m['baseline'][a][b])}</td><td>{_ci(m['trained'][a][b])}</td></tr>"
+                   for label, a, b in table)
+    for kind in ("red_team", "benign"):
+        rows += (f"<tr><td>answer length (words), {kind}</td><td>{_ci(m['baseline']['length_words'][kind], 'mean')}</td>"
+                 f"<td>{_ci(m['trained']['length_words'][kind], 'mean')}</td></tr>")
+    hist = _hist(result)
+    examples = ""
+    for ex in result["examples"][:40]:
+        score = ex.get("p_trained_better")
+        note = f"P(trained more harmless) = {score:.2f}" if score is not None else ""
+        for key in ("p_refusal", "p_compliance"):
+            if ex.get(f"trained_{key}") is not None and ex.get(f"baseline_{key}") is not None:
+                note += f" &nbsp; judge P({key[2:]}): baseline {ex[f'baseline_{key}']:.2f}, trained {ex[f'trained_{key}']:.2f}"
+        examples += (f"<tr><td><b>{e(ex['id'])}</b> <small>{e(ex.get('kind') or '')}</small><br>{e(ex['prompt'])}"
+                     f"<br><small>{note}</small></td><td>{e(ex['baseline_answer'])}</td><td>{e(ex['trained_answer'])}</td></tr>")
+    models = result["models"]
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>cai eval</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;width:100%}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}}th{{background:#eee}}</style></head><body>
+<h1>cai eval</h1>
+<p>trained: <code>{e(models['trained'])}</code><br>baseline: <code>{e(models['baseline'])}</code><br>
+judge: <code>{e(models['judge'])}</code><br>prompts: {result['counts'].get('red_team', 0)} red-team,
+{result['counts'].get('benign', 0)} benign. Intervals are 95 % (Wilson for rates, bootstrap for means).</p>
+<h2>Harmlessness preference (judge, both orders averaged)</h2>
+<p>mean P(trained answer more harmless): {_ci(pref['p_trained_better'], 'mean')}<br>
+win rate (P &gt; 0.5): {_ci(pref['win_rate'])}<br>
+judge consistent across swapped orders: {_ci(pref['position_consistent'])}</p>
+{f'<img src="{hist}">' if hist else ''}
+<h2>Refusals and compliance</h2>
+<table><tr><th>measure</th><th>baseline</th><th>trained</th></tr>{rows}</table>
+<img src="{_bars(result)}">
+<h2>Answers side by side</h2>
+<table><tr><th>prompt</th><th>baseline</th><th>trained</th></tr>{examples}</table>
+</body></html>"""
+    path.write_text(doc, encoding="utf-8")

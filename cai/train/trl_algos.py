@@ -1,0 +1,154 @@
+"""One function per TRL algorithm: build its config and trainer from a TrainConfig. Wraps, never subclasses.
+
+Every builder returns a ready trainer; `cai.train.run` trains it and saves the
+outputs the same way for all of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cai.train import data
+from cai.train.config import BETA_DEFAULTS, LR_DEFAULTS, TrainConfig
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def common_args(config: TrainConfig, out: Path) -> dict:
+    """TrainingArguments shared by every TRL trainer; the CPU defaults that run here."""
+    gpu = on_gpu()
+    bf16 = gpu and torch.cuda.is_bf16_supported() if config.bf16 is None else config.bf16
+    return dict(
+        output_dir=str(out / "checkpoints"), save_strategy="no", report_to=config.report_to or "none",
+        logging_steps=config.logging_steps,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr or LR_DEFAULTS[config.algo], num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1, seed=config.seed, data_seed=config.seed,
+        bf16=bf16, use_cpu=not gpu,
+        gradient_checkpointing=gpu if config.gradient_checkpointing is None else config.gradient_checkpointing,
+        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=True,
+    )
+
+
+def beta(config: TrainConfig) -> float:
+    return config.beta if config.beta is not None else BETA_DEFAULTS[config.algo]
+
+
+def lora(config: TrainConfig, task_type: str = "CAUSAL_LM"):
+    if not config.lora:
+        return None
+    from peft import LoraConfig
+
+    c = config.lora_config
+    # "all-linear" in peft already leaves out the output layer; never put lm_head here (DPO errors).
+    return LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=c.target_modules,
+                      task_type=task_type)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(path: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def sft(config, source, model_path, tok, out):
+    from trl import SFTConfig, SFTTrainer
+
+    train = data.require_rows(data.messages(source), "sft")
+    args = SFTConfig(**common_args(config, out), max_length=config.max_length, completion_only_loss=True)
+    return SFTTrainer(model=load_policy(model_path), args=args, train_dataset=train, processing_class=tok,
+                      peft_config=lora(config))
+
+
+def dpo(config, source, model_path, tok, out, **extra):
+    from trl import DPOConfig, DPOTrainer
+
+    train = data.require_rows(data.pairs(source, min_confidence=config.min_confidence), "dpo")
+    args = DPOConfig(**common_args(config, out), max_length=config.max_length, beta=beta(config),
+                     loss_type=[config.loss_type], **extra)
+    return DPOTrainer(model=load_policy(model_path), args=args, train_dataset=train, processing_class=tok,
+                      peft_config=lora(config))
+
+
+def kto(config, source, model_path, tok, out):
+    from trl import KTOConfig, KTOTrainer
+
+    train = data.require_rows(data.kto(source, min_confidence=config.min_confidence), "kto")
+    args = KTOConfig(**common_args(config, out), max_length=config.max_length, beta=beta(config))
+    return KTOTrainer(model=load_policy(model_path), args=args, train_dataset=train, processing_class=tok,
+                      peft_config=lora(config))
+
+
+def orpo(config, source, model_path, tok, out):
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    train = data.require_rows(data.pairs(source, min_confidence=config.min_confidence), "orpo")
+    args = ORPOConfig(**{**common_args(config, out), "remove_unused_columns": False}, max_length=config.max_length, beta=beta(config))
+    return ORPOTrainer(model=load_policy(model_path), args=args, train_dataset=train, processing_class=tok,
+                       peft_config=lora(config))
+
+
+def simpo(config, source, model_path, tok, out):
+    """SimPO = TRL's CPO with loss_type="simpo" and cpo_alpha=0 (no NLL term)."""
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    train = data.require_rows(data.pairs(source, min_confidence=config.min_confidence), "simpo")
+    args = CPOConfig(**{**common_args(config, out), "remove_unused_columns": False}, max_length=config.max_length, beta=beta(config),
+                     loss_type="simpo", cpo_alpha=0.0, simpo_gamma=config.simpo_gamma)
+    return CPOTrainer(model=load_policy(model_path), args=args, train_dataset=train, processing_class=tok,
+                      peft_config=lora(config))
+
+
+def load_reward_model(path: str, tok=None):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    if tok is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model
+
+
+def reward(config, source, model_path, tok, out):
+    """TRL's RewardTrainer; AI-feedback `margin` (log-odds of the judge's soft label) goes in when present."""
+    from trl import RewardConfig, RewardTrainer
+
+    train = data.require_rows(data.pairs(source, min_confidence=config.min_confidence, keep_margin=True),
+                              "reward")
+    args = RewardConfig(**common_args(config, out), max_length=config.max_length)
+    return RewardTrainer(model=load_reward_model(model_path, tok), args=args, train_dataset=train,
+                         processing_class=tok, peft_config=lora(config, "SEQ_CLS"))
+
+
+def grpo(config, source, model_path, tok, out, reward_model: str):
+    """TRL's GRPOTrainer on the dataset prompts with the reward model as the reward function."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    train = data.require_rows(data.prompts(source), "grpo")
+    g = config.grpo
+    common = common_args(config, out)
+    # GRPO's batch must be a multiple of the generations per prompt.
+    common["per_device_train_batch_size"] = max(g.num_generations,
+                                                config.batch_size // g.num_generations * g.num_generations)
+    args = GRPOConfig(**common, num_generations=g.num_generations, max_completion_length=g.max_completion_length,
+                      temperature=g.temperature, beta=beta(config))
+    rm_tok = load_tokenizer(reward_model)
+    return GRPOTrainer(model=load_policy(model_path), reward_funcs=load_reward_model(reward_model, rm_tok),
+                       args=args, train_dataset=train, processing_class=tok,
+                       reward_processing_classes=rm_tok, peft_config=lora(config))
+
+
+BUILDERS = {"sft": sft, "dpo": dpo, "kto": kto, "orpo": orpo, "simpo": simpo, "reward": reward}
