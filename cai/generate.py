@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from cai import __version__, backends, dataset
+from cai import versions as dataset_versions
 from cai.config import PipelineConfig
 from cai.constitution import load_constitution
 from cai.engine import Engine
@@ -132,6 +133,8 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
         write_json(out / "run.json", summary)
         raise
     built = dataset.build(engine.current_records(examples), out, config.test_size)
+    # Keep this build as versions/<sha12> too, so an earlier constitution's dataset survives an edit.
+    dataset_versions.snapshot(out, constitution, engine.current_records(examples), built)
     summary.update(
         status="incomplete" if stats.failed else "complete", finished=time.time(),
         counts={**_counts(stats, len(examples)), **built},
