@@ -196,11 +196,11 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
                 commit_description=f"Dataset made with constitution sha256 {info_sha}.",
             )
         except HfHubHTTPError as exc:
-            raise PushError(_one_line(exc)) from None
-        except PushError:
+            raise PushError(_one_line(exc)) from exc
+        except (PushError, InputError):
             raise
-        except (OSError, ConnectionError) as exc:
-            raise PushError(f"cannot reach {api.endpoint}: {_one_line(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - the HTTP client's own errors (connect, timeout, TLS)
+            raise PushError(f"cannot reach {api.endpoint}: {type(exc).__name__}: {_one_line(exc)}") from exc
     return {"repo_url": str(url), "commit_url": commit.commit_url, "commit": commit.oid,
             "files": files, "deleted": stale}
 
