@@ -21,6 +21,7 @@ from cai.errors import InputError, Problem
 from cai.progress import StageProgress
 from cai.prompts import load_prompts
 from cai.records import write_text_atomic
+from cai.redact import scrub_run
 
 _PACKAGES = ("torch", "transformers", "datasets", "trl", "pydantic", "pyarrow")
 
@@ -36,7 +37,8 @@ def versions() -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    # Defensive: a key pasted into the pipeline (extra_body, ...) never lands in run.json.
+    write_text_atomic(path, json.dumps(scrub_run(data), indent=2, ensure_ascii=False) + "\n")
 
 
 def check_inputs(config: PipelineConfig):

@@ -27,14 +27,11 @@ import tempfile
 from pathlib import Path
 
 from cai.errors import InputError, Problem
+from cai.redact import REDACTED, scrub_run  # noqa: F401 - REDACTED re-exported for callers
 
 MANAGED_DIRS = ("data", "sft", "images")
 MANAGED_FILES = ("README.md", "constitution.yaml", "run.json")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-_SECRET_KEY = re.compile(r"^(.*[_-])?(api[_-]?key|apikey|token|access[_-]?token|secret|password|passwd|authorization|auth|bearer|cookie)$",
-                         re.IGNORECASE)
-_SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{16,}|Bearer\s+\S+)")
-REDACTED = "<redacted>"
 
 
 class PushError(Exception):
@@ -45,34 +42,6 @@ def check_repo_id(repo_id: str) -> None:
     if not _REPO_ID.match(repo_id or "") or "--" in repo_id or ".." in repo_id or repo_id.endswith((".", "-")):
         raise InputError([Problem("--repo-id", None, "",
                                   f"{repo_id!r} is not a Hub repo id: expected ORG/NAME (letters, digits, '-', '_', '.')")])
-
-
-def scrub(value, secrets: tuple[str, ...] = ()):
-    """A copy of a JSON value without keys that name secrets, and with token-looking strings redacted."""
-    if isinstance(value, dict):
-        return {k: (REDACTED if _SECRET_KEY.match(str(k)) and v not in (None, "") else scrub(v, secrets))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub(v, secrets) for v in value]
-    if isinstance(value, str):
-        for s in secrets:
-            if s and len(s) >= 8:
-                value = value.replace(s, REDACTED)
-        return _SECRET_VALUE.sub(REDACTED, value)
-    return value
-
-
-def _known_secrets() -> tuple[str, ...]:
-    import os
-
-    found = [os.environ.get(k, "") for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")]
-    try:
-        from huggingface_hub import get_token
-
-        found.append(get_token() or "")
-    except Exception:  # noqa: BLE001 - no token is fine here
-        pass
-    return tuple(s for s in found if s)
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -154,7 +123,7 @@ def assemble(run_dir: str | Path, folder: str | Path, repo_id: str, license: str
             written.append(rel)
             data_files.setdefault(target, {})[split_file.stem] = rel
     (folder / "constitution.yaml").write_text(info["constitution_text"], encoding="utf-8")
-    run = scrub(info["run"], _known_secrets())
+    run = scrub_run(info["run"])
     (folder / "run.json").write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     card.principle_histogram(info["usage"], info["principles"], folder / card.HISTOGRAM)
     readme = card.build_card(run, info["constitution_text"], info["usage"], info["principles"], repo_id,
@@ -189,11 +158,11 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
             stale = sorted(f for f in existing if f.split("/")[0] in MANAGED_DIRS and f not in files)
             ops = [CommitOperationDelete(path_in_repo=f) for f in stale]
             ops += [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(Path(tmp) / f)) for f in files]
-            sha = (info_sha := json.loads((Path(tmp) / "run.json").read_text())["constitution_sha256"])[:12]
+            sha = json.loads((Path(tmp) / "run.json").read_text(encoding="utf-8"))["constitution_sha256"]
             commit = api.create_commit(
                 repo_id, operations=ops, repo_type="dataset", revision=revision,
-                commit_message=f"cai push: constitution {sha}",
-                commit_description=f"Dataset made with constitution sha256 {info_sha}.",
+                commit_message=f"cai push: constitution {sha[:12]}",
+                commit_description=f"Dataset made with constitution sha256 {sha}.",
             )
         except HfHubHTTPError as exc:
             raise PushError(_one_line(exc)) from exc
