@@ -32,6 +32,7 @@ def principle_histogram(usage: dict[str, int], principles: list[str], path: Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = list(principles) + [p for p in usage if p not in principles]
     counts = [usage.get(p, 0) for p in names]
@@ -39,6 +40,7 @@ def principle_histogram(usage: dict[str, int], principles: list[str], path: Path
     ax.barh(range(len(names)), counts, color="#4C72B0")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("critique rounds that drew the principle")
     ax.set_title("Principle usage")
     fig.tight_layout()
@@ -102,6 +104,8 @@ def _counts_section(run: dict) -> str:
         lines.append(f"  - {reason}: {n}")
     if "ties" in c:
         lines.append(f"- judge ties (no preference): {c['ties']}")
+    elif not run.get("judge"):
+        lines.append("- judge ties: none counted (no AI feedback for this run)")
     if "judge_malformed" in c:
         lines.append(f"- malformed judge answers: {c['judge_malformed']}")
     if "comparisons" in c:
