@@ -9,41 +9,44 @@ task on TransformersLLM (transformers on CPU, greedy), with the conversation con
 cai continues it. Writes the rows it got back and the pipeline's wall-clock seconds.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: distilabel checks that a step's parameter is annotated
+# with the StepInput type itself, and the steps live at module level so worker processes can import them.
 import json
 import sys
 import time
 
+from distilabel.models.llms import TransformersLLM
+from distilabel.pipeline import Pipeline
+from distilabel.steps import LoadDataFromDicts, StepInput, step
+from distilabel.steps.tasks import ChatGeneration
+
+
+@step(inputs=["prompt"], outputs=["messages"])
+def ToRespond(inputs: StepInput):
+    for row in inputs:
+        row["messages"] = [{"role": "user", "content": row["prompt"]}]
+    yield inputs
+
+
+@step(inputs=["prompt", "initial", "critique_request"], outputs=["messages"])
+def ToCritique(inputs: StepInput):
+    for row in inputs:
+        row["messages"] = [{"role": "user", "content": row["prompt"]},
+                           {"role": "assistant", "content": row["initial"] or ""},
+                           {"role": "user", "content": row["critique_request"]}]
+    yield inputs
+
+
+@step(inputs=["messages", "critique", "revision_request"], outputs=["messages"])
+def ToRevise(inputs: StepInput):
+    for row in inputs:
+        row["messages"] = row["messages"] + [{"role": "assistant", "content": row["critique"] or ""},
+                                             {"role": "user", "content": row["revision_request"]}]
+    yield inputs
+
 
 def main(src: str, dst: str) -> None:
-    from distilabel.models.llms import TransformersLLM
-    from distilabel.pipeline import Pipeline
-    from distilabel.steps import LoadDataFromDicts, StepInput, step
-    from distilabel.steps.tasks import ChatGeneration
-
     spec = json.loads(open(src).read())
-
-    @step(inputs=["prompt"], outputs=["messages"])
-    def ToRespond(inputs: StepInput):
-        for row in inputs:
-            row["messages"] = [{"role": "user", "content": row["prompt"]}]
-        yield inputs
-
-    @step(inputs=["prompt", "initial", "critique_request"], outputs=["messages"])
-    def ToCritique(inputs: StepInput):
-        for row in inputs:
-            row["messages"] = [{"role": "user", "content": row["prompt"]},
-                               {"role": "assistant", "content": row["initial"] or ""},
-                               {"role": "user", "content": row["critique_request"]}]
-        yield inputs
-
-    @step(inputs=["messages", "critique", "revision_request"], outputs=["messages"])
-    def ToRevise(inputs: StepInput):
-        for row in inputs:
-            row["messages"] = row["messages"] + [{"role": "assistant", "content": row["critique"] or ""},
-                                                 {"role": "user", "content": row["revision_request"]}]
-        yield inputs
 
     def llm(stage: str) -> TransformersLLM:
         return TransformersLLM(
