@@ -69,3 +69,20 @@ def test_diff_cli_text_and_errors(tmp_path):
                                         capture_output=True, text=True, env=env).stdout)
     assert as_json["principles"]["added"] == ["brevity"]
     assert as_json["principle_usage"]["brevity"][0] == 0 < as_json["principle_usage"]["brevity"][1]
+
+
+def test_reverting_an_edit_reuses_its_version_and_diffs_against_the_edit(tmp_path):
+    pipeline = write_pipeline(tmp_path, n_prompts=12)
+    a = run(pipeline)["constitution"]["sha256"]
+    edited = [dict(p) for p in PRINCIPLES]
+    edited[1]["weight"] = 4.0
+    write_constitution(tmp_path / "constitution.yaml", edited)
+    b = run(pipeline)["constitution"]["sha256"]
+    write_constitution(tmp_path / "constitution.yaml", PRINCIPLES)
+    again = run(pipeline)
+    assert again["constitution"]["sha256"] == a and again["counts"]["model_calls"] == 0
+    assert [v["constitution"]["sha256"] for v in versions.list_versions(tmp_path / "out")] == [b, a]
+    report = compare(tmp_path / "out")
+    assert (report["before"]["sha256"], report["after"]["sha256"]) == (b, a)
+    assert report["principles"]["edited"] == {"honesty": ["weight"]}
+    assert not list((tmp_path / "out" / "versions").glob(".*"))
