@@ -239,6 +239,61 @@ def validate(paths: List[Path] = typer.Argument(..., help="Constitution or pipel
         _fail(InputError(problems))
 
 
+@app.command()
+def push(
+    run_dir: Path = typer.Argument(..., help="Run directory made by `cai generate` (holds run.json and dataset/)."),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hub dataset repo, ORG/NAME; created if missing, updated if it exists."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private (an existing repo keeps its visibility)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created from main if missing); default main."),
+    dry_run: Optional[Path] = typer.Option(None, "--dry-run", help="Write exactly the files that would be uploaded into this folder, offline; push nothing."),
+    license: str = typer.Option("apache-2.0", "--license", help="License id for the card's front matter (a Hub license id, or `other`)."),
+):
+    """Publish the run's dataset to the Hugging Face Hub with its card, constitution and run.json.
+
+    The token is huggingface_hub's own: HF_TOKEN or `hf auth login`; it is never written anywhere."""
+    from cai import hub
+
+    try:
+        if dry_run is not None:
+            files = hub.dry_run(run_dir, dry_run, repo_id, license)
+            err.print(f"dry run: {len(files)} files written to {dry_run} (nothing uploaded)")
+            print(dry_run)
+            return
+        done = hub.push(run_dir, repo_id, private=private, revision=revision, license=license)
+    except BaseException as exc:  # noqa: BLE001 - every failure maps to an exit code
+        if isinstance(exc, typer.Exit):
+            raise
+        if isinstance(exc, hub.PushError) and not _state["debug"]:
+            err.print(f"[red]error:[/red] push failed: {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1)
+        _fail(exc)
+    deleted = f", {len(done['deleted'])} stale files removed" if done["deleted"] else ""
+    err.print(f"pushed {len(done['files'])} files to {repo_id}{deleted}")
+    print(done["commit_url"])
+
+
+@app.command()
+def diff(
+    run_dir: Path = typer.Argument(..., help="Run directory with two or more dataset versions under versions/."),
+    from_: Optional[str] = typer.Option(None, "--from", help="Constitution sha256 (prefix) of the older version; default: the most recent other one."),
+    to: Optional[str] = typer.Option(None, "--to", help="Constitution sha256 (prefix) of the newer version; default: the run's current one."),
+    samples: int = typer.Option(3, "--samples", min=0, help="How many changed rows to show before/after."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON instead of text."),
+):
+    """What a constitution edit changed in the dataset: rows, principle usage, flags, sample revisions."""
+    import json as _json
+
+    from cai.diff import compare, render
+
+    try:
+        report = compare(run_dir, from_, to, samples)
+    except BaseException as exc:  # noqa: BLE001
+        if isinstance(exc, typer.Exit):
+            raise
+        _fail(exc)
+    print(_json.dumps(report, indent=2, ensure_ascii=False) if as_json else render(report))
+
+
 def main() -> None:
     try:
         app()

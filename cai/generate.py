@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from cai import __version__, backends, dataset
+from cai import versions as dataset_versions
 from cai.config import PipelineConfig
 from cai.constitution import load_constitution
 from cai.engine import Engine
@@ -20,6 +21,7 @@ from cai.errors import InputError, Problem
 from cai.progress import StageProgress
 from cai.prompts import load_prompts
 from cai.records import write_text_atomic
+from cai.redact import scrub_run
 
 _PACKAGES = ("torch", "transformers", "datasets", "trl", "pydantic", "pyarrow")
 
@@ -35,7 +37,8 @@ def versions() -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    # Defensive: a key pasted into the pipeline (extra_body, ...) never lands in run.json.
+    write_text_atomic(path, json.dumps(scrub_run(data), indent=2, ensure_ascii=False) + "\n")
 
 
 def check_inputs(config: PipelineConfig):
@@ -183,6 +186,8 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
         raise
     built = dataset.build(engine.current_records(examples), out, config.test_size,
                           config.feedback if config.feedback.enabled else None)
+    # Keep this build as versions/<sha12> too, so an earlier constitution's dataset survives an edit.
+    dataset_versions.snapshot(out, constitution, engine.current_records(examples), built)
     summary.update(
         status="incomplete" if stats.failed else "complete", finished=time.time(),
         counts={**_counts(stats, len(examples)), **built},
