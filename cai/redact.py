@@ -46,5 +46,6 @@ def scrub(value, secrets: tuple[str, ...] = ()):
 
 
 def scrub_run(run: dict) -> dict:
-    env = ((run.get("config") or {}).get("api_key_env"),)
+    config = run.get("config") or {}
+    env = (config.get("api_key_env"), (config.get("judge") or {}).get("api_key_env"))
     return scrub(run, known_secrets(tuple(e for e in env if e)))
