@@ -208,13 +208,15 @@ def eval_(
     seed: int = typer.Option(0, help="Seed for the judge's principle draw and bootstrap intervals."),
 ):
     """Compare a trained model with its baseline: harmlessness preference, benign refusals, harmful compliance, length."""
+    from cai.progress import StageProgress
     from cai.train.eval import EvalConfig, run_eval
 
     try:
         cfg = EvalConfig(model=model, baseline=baseline, out=str(out), prompts=prompts or [], judge_model=judge_model,
                          constitution=str(constitution) if constitution else None, limit=limit,
                          max_new_tokens=max_new_tokens, principles=principles, seed=seed)
-        result = run_eval(cfg, console=err)
+        with StageProgress(err) as progress:
+            result = run_eval(cfg, console=err, progress=progress)
     except BaseException as exc:  # noqa: BLE001
         if isinstance(exc, typer.Exit):
             raise

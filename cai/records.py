@@ -89,6 +89,7 @@ class RecordStore:
                 fh.writelines(lines)
                 fh.flush()
                 os.fsync(fh.fileno())
+            _shareable(tmp)
             while True:
                 existing = self.shards()
                 number = int(SHARD.match(existing[-1].name).group(1)) + 1 if existing else 0
@@ -110,7 +111,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
+    _shareable(tmp)
     os.replace(tmp, path)
+
+
+def _shareable(path: str) -> None:
+    """mkstemp makes 0600 files; give outputs the mode a plain open() would (0666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -198,3 +198,22 @@ def test_bad_yaml_field_and_missing_columns_exit_2(tmp_path):
                    data / "train.parquet")
     result = CliRunner().invoke(app, ["train", "sft", "--data", str(data)])
     assert result.exit_code == 2 and "no SFT data" in result.output
+
+
+def test_reward_on_ai_feedback_labels_uses_margin_and_confidence(tiny_model, train_yaml, tmp_path):
+    """A `generate --feedback` run (scripted judge): pairs below min_confidence are dropped and the
+    judge's margin reaches RewardTrainer."""
+    import pyarrow.parquet as pq
+
+    from cai.config import load_pipeline
+    from cai.generate import generate
+    from cai.train import data
+
+    generate(load_pipeline(write_pipeline(tmp_path / "gen", n_prompts=24, rounds=1), feedback=True))
+    run = tmp_path / "gen" / "out"
+    probs = pq.read_table(run / "dataset" / "train.parquet").column("chosen_prob").to_pylist()
+    kept = data.pairs(data.locate(str(run)), min_confidence=0.6, keep_margin=True)
+    assert len(kept) == sum(p >= 0.6 for p in probs) and 0 < len(kept) < len(probs)
+    assert all(m > 0 for m in kept["margin"])
+    metrics = _train("reward", run, tmp_path / "rm", tiny_model, train_yaml, max_steps=1, min_confidence=0.6)
+    assert metrics["steps"] == 1

@@ -93,6 +93,10 @@ def train(config: TrainConfig, console=None, reward_fn=None, callbacks=()) -> di
                "seconds_per_step": round(seconds / steps, 4) if steps else None,
                "final_loss": losses[-1] if losses else None, **extra}
     outputs.save_model(model, tok, out)
+    try:  # the trainers' output_dir stays empty (save_strategy "no"); do not leave it behind
+        (out / "checkpoints").rmdir()
+    except OSError:
+        pass
     return outputs.write_reports(out, config, history, summary, ref.identity, data.constitution_hash(source),
                                  str(Path(config.data).resolve()) if config.data else None)
 

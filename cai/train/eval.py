@@ -130,7 +130,7 @@ def mean_ci(values: list[float], seed: int) -> dict:
     return {"mean": sum(values) / len(values), "n": len(values), "ci95": [lo, hi]}
 
 
-def run_eval(cfg: EvalConfig, console=None) -> dict:
+def run_eval(cfg: EvalConfig, console=None, progress=None) -> dict:
     from cai.backends import Sampling
     from cai.constitution import load_constitution
     from cai.feedback import Comparison, Judge
@@ -148,12 +148,19 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
         if console is not None:
             console.print(msg)
 
+    def bar(stage: str, total: int):
+        if progress is None:
+            return None
+        progress.add(stage, total)
+        progress.start(stage)
+        return lambda n: progress.advance(stage, n)
+
     answers, identities = {}, {}
     for name, spec in (("trained", cfg.model), ("baseline", baseline_spec)):
         say(f"eval: {name} model answers {len(convs)} prompts")
         backend = _backend(spec, cfg.batch_size)
         identities[name] = backend.identity
-        answers[name] = backend.chat(convs, [sampling] * len(convs))
+        answers[name] = backend.chat(convs, [sampling] * len(convs), progress=bar(name, len(convs)))
         if name == "trained":
             del backend
     judge_backend = backend if cfg.judge_model in (None, baseline_spec) else _backend(cfg.judge_model, cfg.batch_size)
@@ -166,7 +173,8 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
     judge = Judge(judge_backend, constitution, principles=cfg.principles, seed=cfg.seed)
     rt = idx["red_team"]
     verdicts = judge.compare([Comparison(id=examples[i]["id"], prompt=examples[i]["prompt"],
-                                         a=answers["trained"][i], b=answers["baseline"][i]) for i in rt]) if rt else []
+                                         a=answers["trained"][i], b=answers["baseline"][i]) for i in rt],
+                             progress=bar("judge", len(rt) * judge.k * 2 * 2)) if rt else []
     p_trained = [getattr(v, "p_a", None) for v in verdicts]
     metrics: dict = {"harmlessness_preference": {
         "p_trained_better": mean_ci(p_trained, cfg.seed),

@@ -28,7 +28,6 @@ import random
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from cai.backends import prompt_ids
 from cai.train import data

@@ -115,8 +115,15 @@ def simpo(config, source, model_path, tok, out):
 
 def load_reward_model(path: str, tok=None):
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    # A causal LM has no score head yet: its "missing weights" table is expected, not news.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(level)
     if tok is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     return model
