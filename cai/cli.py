@@ -119,7 +119,7 @@ def generate(
 def audit(
     pipeline: Optional[Path] = typer.Argument(None, help="Pipeline YAML whose judge (judge:, else the policy model) is audited (default: pipelines/default.yaml)."),
     out: Optional[Path] = typer.Option(None, help="Report folder (default: RUN/audit of the pipeline's run directory)."),
-    limit: Optional[int] = typer.Option(None, help="Use at most this many probe pairs (80 ship; 20 keeps a CPU run to a few minutes)."),
+    limit: Optional[int] = typer.Option(None, help="Use at most this many probe pairs (280 ship: 40 hand-written and 240 red-team templates, interleaved; each costs 10 comparisons x 2 orders x k principles). 20 took 14 min on a busy 2-core CPU."),
     judge_model: Optional[str] = typer.Option(None, help="Judge model, instead of the pipeline's."),
     judge_backend: Optional[str] = typer.Option(None, help="Judge backend, instead of the pipeline's."),
     judge_base_url: Optional[str] = typer.Option(None, help="openai judge backend: the server's base URL."),
