@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from cai.audit import figures as F
@@ -100,7 +99,8 @@ def run_audit(config: PipelineConfig, out: Path, limit: int | None = None, progr
     try:
         k = max(config.feedback.principles, 2)
         judge = Judge(judge_backend, constitution, principles=k, seed=config.seed)
-        noise_judge = replace_seed(judge, config.seed + 1)
+        # A fresh principle draw: the noise floor the perturbation figures are read against.
+        noise_judge = Judge(judge_backend, constitution, principles=k, seed=config.seed + 1)
         probe_batch = _probe_batch(probes)
         self_batch, self_note = _self_preference(config, judge_backend, limit, progress)
         total = (len(probe_batch.items) + len(probes) + (len(self_batch.items) if self_batch else 0)) * judge.k * 4
@@ -128,12 +128,6 @@ def run_audit(config: PipelineConfig, out: Path, limit: int | None = None, progr
     write_json(out / "meta.json", meta)
     write_html(out / "report.html", report, meta)
     return {"report": report, "meta": meta}
-
-
-def replace_seed(judge: Judge, seed: int) -> Judge:
-    clone = Judge.__new__(Judge)
-    clone.__dict__.update(judge.__dict__, seed=seed)
-    return clone
 
 
 def _pairs(got: dict, group: str, other: str = "base") -> list[tuple[F.Target, F.Target]]:
