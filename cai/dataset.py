@@ -110,12 +110,11 @@ class _Writers:
             writer.close()
 
 
-def judged_rows(record: dict, feedback) -> tuple[list[dict], Counter]:
+def judged_rows(record: dict, base: dict, feedback) -> tuple[list[dict], Counter]:
     """Preference rows from a record's judged pairs, chosen by the judge; and label counts."""
     counts: Counter = Counter()
     fb = record.get("feedback") or {}
     counts["skipped_identical"] += fb.get("skipped", 0)
-    base = rows(record)["default"]
     found = []
     for comp in fb.get("comparisons", []):
         counts["comparisons"] += 1
@@ -158,7 +157,7 @@ def build(records: Iterable[dict], run_dir: str | Path, test_size: float, feedba
             if not rec["flags"]:
                 writers.add("sft", split, made["sft"])
             if feedback:
-                judged, counts = judged_rows(rec, feedback)
+                judged, counts = judged_rows(rec, made["default"], feedback)
                 labels.update(counts)
                 for row in judged:
                     writers.add("default", split, row)

@@ -71,6 +71,8 @@ class Engine:
             judge = Judge(self.judge_backend, constitution, fb.principles, config.seed, fb.cot,
                           fb.cot_clamp, self._sampling("judge-cot", ""))
             self.feedback = FeedbackStage(judge, fb, self.program.system)
+        # Judge stages whose size is known only chunk by chunk (their bars grow as they go).
+        self.open_ended = {st for st in (self.feedback.stages() if self.feedback else []) if st.startswith("judge")}
         self.stats = Stats()
         self.fingerprint = self._fingerprint()
 
@@ -98,68 +100,54 @@ class Engine:
         return self.judge_backend if stage.startswith("judge") else self.backend
 
     def _call(self, stage: str, conversations: list[Conversation], ids: list[str]) -> list[str]:
-        started = time.perf_counter()
         sampling = [self._sampling(stage, i) for i in ids]
         backend = self._backend_for(stage)
-        model = backend.identity
-        keys = [call_key(model, "chat", conv, s.key()) for conv, s in zip(conversations, sampling)]
+        keys = [call_key(backend.identity, "chat", conv, s.key()) for conv, s in zip(conversations, sampling)]
+        return self._cached(stage, keys, backend.identity, 1, lambda missing, progress: backend.chat(
+            [conversations[i] for i in missing], [sampling[i] for i in missing], progress=progress))
+
+    def _score(self, stage: str, conversations: list[Conversation], ids: list[str],
+               choices) -> list[list[float]]:
+        """Cached choice_logprobs on the judge; progress counts (conversation, choice) units."""
+        backend = self.judge_backend
+        keys = [call_key(backend.identity, "choices", conv, {"choices": list(choices)}) for conv in conversations]
+        before = self.stats.model_calls
+        out = self._cached(stage, keys, backend.identity, len(choices), lambda missing, progress: (
+            backend.choice_logprobs([conversations[i] for i in missing], choices, progress=progress)))
+        self.stats.judge_calls += self.stats.model_calls - before
+        return out
+
+    def _cached(self, stage: str, keys: list[str], model: str, width: int, compute) -> list:
+        """Answers for `keys` from the cache, the rest from `compute(missing indices, progress)`.
+
+        `width` is how many progress units one call is worth (a judge call scores each choice).
+        """
+        started = time.perf_counter()
+        kind = stage.split(":")[0]
         found = self.cache.get_many(keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
         self.stats.cache_hits += len(keys) - len(missing)
-        self._progress_start(stage, len(keys), len(keys) - len(missing))
+        self._progress_start(stage, len(keys) * width, (len(keys) - len(missing)) * width)
         if missing:
-            outputs = backend.chat(
-                [conversations[i] for i in missing], [sampling[i] for i in missing],
-                progress=(lambda n: self.progress.advance(stage, n)) if self.progress else None,
-            )
+            outputs = compute(missing, (lambda n: self.progress.advance(stage, n)) if self.progress else None)
             self.stats.model_calls += len(missing)
-            self.stats.stage_calls[stage.split(":")[0]] += len(missing)
+            self.stats.stage_calls[kind] += len(missing)
             new = {keys[i]: out for i, out in zip(missing, outputs)}
             # Failures are answered this time but never cached: the next run retries them.
             self.cache.put_many((k, model, v) for k, v in new.items() if not isinstance(v, CallFailed))
             self.stats.failed_calls += sum(isinstance(v, CallFailed) for v in new.values())
             found.update(new)
-        self.stats.stage_seconds[stage.split(":")[0]] += time.perf_counter() - started
-        return [found[k] for k in keys]
-
-    def _score(self, stage: str, conversations: list[Conversation], ids: list[str],
-               choices) -> list[list[float]]:
-        """Cached choice_logprobs on the judge; progress counts (conversation, choice) units."""
-        started = time.perf_counter()
-        backend = self.judge_backend
-        keys = [call_key(backend.identity, "choices", conv, {"choices": list(choices)}) for conv in conversations]
-        found = self.cache.get_many(keys)
-        missing = [i for i, k in enumerate(keys) if k not in found]
-        self.stats.cache_hits += len(keys) - len(missing)
-        width = len(choices)
-        self._progress_start(stage, len(keys) * width, (len(keys) - len(missing)) * width)
-        if missing:
-            outputs = backend.choice_logprobs(
-                [conversations[i] for i in missing], choices,
-                progress=(lambda n: self.progress.advance(stage, n)) if self.progress else None,
-            )
-            self.stats.model_calls += len(missing)
-            self.stats.judge_calls += len(missing)
-            self.stats.stage_calls[stage] += len(missing)
-            new = {keys[i]: out for i, out in zip(missing, outputs)}
-            self.cache.put_many((k, backend.identity, v) for k, v in new.items() if not isinstance(v, CallFailed))
-            self.stats.failed_calls += sum(isinstance(v, CallFailed) for v in new.values())
-            found.update(new)
-        self.stats.stage_seconds["judge"] += time.perf_counter() - started
+        self.stats.stage_seconds[kind] += time.perf_counter() - started
         return [found[k] for k in keys]
 
     def _progress_start(self, stage: str, total: int, done: int) -> None:
         if not self.progress:
             return
-        if stage in self._open_ended:  # judge stages: how many calls a chunk needs is known only now
+        if stage in self.open_ended:  # judge stages: how many calls a chunk needs is known only now
             self.progress.extend(stage, total)
         self.progress.start(stage)
         if done:
             self.progress.advance(stage, done)
-
-    @property
-    def _open_ended(self) -> set[str]:
-        return {s for s in (self.feedback.stages() if self.feedback else []) if s.startswith("judge")}
 
     def pending(self, examples: list[dict]) -> list[dict]:
         """Examples without a record made with this fingerprint for this exact prompt."""
@@ -173,7 +161,7 @@ class Engine:
         todo = self.pending(examples)
         if self.progress:
             for stage in self.program.stages() + (self.feedback.stages() if self.feedback else []):
-                self.progress.add(stage, 0 if stage in self._open_ended else len(todo))
+                self.progress.add(stage, 0 if stage in self.open_ended else len(todo))
         size = self.config.chunk_size
         try:
             for start in range(0, len(todo), size):

@@ -83,6 +83,11 @@ def backend_options(config: PipelineConfig) -> tuple[str, dict]:
     return config.backend, options
 
 
+def _bad_model(config: PipelineConfig, exc: BaseException) -> InputError:
+    """A model path or id that cannot be resolved or loaded is bad input, not a crash."""
+    return InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])])
+
+
 def backend_identity(config: PipelineConfig) -> str:
     """The identity load_backend's backend would have, without loading it."""
     from cai.models import ModelNotFound
@@ -91,7 +96,7 @@ def backend_identity(config: PipelineConfig) -> str:
     try:
         return backends.identity(name, **options)
     except (ModelNotFound, OSError) as exc:
-        raise InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])]) from None
+        raise _bad_model(config, exc) from None
 
 
 def load_backend(config: PipelineConfig):
@@ -103,8 +108,7 @@ def load_backend(config: PipelineConfig):
     try:
         return backends.create(name, **options)
     except (ModelNotFound, UnknownModel) as exc:
-        # A model path or id that cannot be loaded is bad input, not a crash.
-        raise InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])]) from None
+        raise _bad_model(config, exc) from None
     except backends.BackendUnavailable as exc:
         raise InputError([Problem("backend", None, "", str(exc))]) from None
     except MissingAPIKey as exc:
@@ -112,7 +116,7 @@ def load_backend(config: PipelineConfig):
     except ConnectionError as exc:
         raise RuntimeError(str(exc).splitlines()[0]) from None
     except OSError as exc:
-        raise InputError([Problem("--model", None, "", f"{config.model}: {exc}".splitlines()[0])]) from None
+        raise _bad_model(config, exc) from None
 
 
 def close(*owned) -> None:

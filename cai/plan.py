@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 
 from cai.config import PipelineConfig
 from cai.engine import Engine
@@ -24,24 +23,22 @@ PLACEHOLDER = "<not generated yet"
 
 
 class _Planned:
-    """Stands in for a backend: counts what it is asked, answers with placeholders."""
+    """Stands in for a backend: answers with placeholders (the engine counts the calls)."""
 
     supports_logprobs = True
 
     def __init__(self, identity: str):
         self.identity = identity
-        self.asked: Counter = Counter()
+        self.made = 0
 
     def chat(self, conversations, sampling, progress=None):
-        self.asked["chat"] += len(conversations)
         # Distinct words, so planned outputs never make equal conversations downstream and pass
         # the quality gates: judge calls on text not generated yet are an upper bound.
-        first = self.asked["chat"] - len(conversations)
+        first, self.made = self.made, self.made + len(conversations)
         return [f"{PLACEHOLDER}> " + " ".join(hashlib.sha256(f"{first + i}:{k}".encode()).hexdigest()[:8]
                                               for k in range(12)) for i in range(len(conversations))]
 
     def choice_logprobs(self, conversations, choices, progress=None):
-        self.asked["choices"] += len(conversations)
         return [[-0.5, -1.0] for _ in conversations]
 
 
