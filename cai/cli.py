@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -42,6 +43,28 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(1)
 
 
+@contextmanager
+def _guard():
+    """Map every failure inside a command to its exit code and one line (2 bad input, 1 failure, 130 interrupt)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure maps to an exit code
+        from cai.hub import PushError
+
+        if isinstance(exc, PushError) and not _state["debug"]:
+            err.print(f"[red]error:[/red] push failed: {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1)
+        _fail(exc)
+
+
+def _say(lines: list[tuple[str, str]]) -> None:
+    colour = {"warning": "[yellow]warning:[/yellow] ", "error": "[red]error:[/red] "}
+    for kind, text in lines:
+        err.print(colour.get(kind, "") + escape(text), soft_wrap=True)
+
+
 @app.command()
 def generate(
     pipeline: Optional[Path] = typer.Argument(None, help="Pipeline YAML (default: pipelines/default.yaml)."),
@@ -67,7 +90,7 @@ def generate(
     from cai.generate import generate as run
     from cai.progress import StageProgress
 
-    try:
+    with _guard():
         config = load_pipeline(
             pipeline, constitution=str(constitution) if constitution else None, prompts=prompts,
             model=model, backend=backend, base_url=base_url, limit=limit, rounds=rounds, batch_size=batch_size,
@@ -75,43 +98,19 @@ def generate(
             feedback=feedback, judge_model=judge_model, judge_backend=judge_backend, judge_base_url=judge_base_url,
         )
         if plan:
-            from cai.plan import plan as make_plan
+            from cai import plan as planning
 
-            planned = make_plan(config)
-        else:
-            with StageProgress(err) as progress:
-                summary = run(config, str(pipeline) if pipeline else None, progress=progress)
-    except BaseException as exc:  # noqa: BLE001 - every failure maps to an exit code
-        if isinstance(exc, typer.Exit):
-            raise
-        _fail(exc)
-    if plan:
-        p = planned
-        stages = ", ".join(f"{k} {v}" for k, v in p["calls_by_stage"].items()) or "none"
-        err.print(f"plan: {p['prompts']} prompts: {p['records_reused']} records reused as they are, "
-                  f"{p['records_rebuilt']} rebuilt ({p['records_with_new_text']} with new model text); "
-                  f"{p['model_calls']} model calls to make ({stages}), {p['cache_hits']} answered from the cache",
-                  soft_wrap=True)
-        print(json.dumps(p, indent=2))
-        return
-    c = summary["counts"]
-    flagged = ", ".join(f"{k} {v}" for k, v in c["flagged"].items()) or "none"
-    err.print(f"{c['records']} records, {c['pairs']} pairs (flagged: {flagged}); "
-              f"{c['model_calls']} model calls, {c['cache_hits']} cache hits, {c['resumed']} resumed")
-    if "comparisons" in c:
-        err.print(f"AI feedback: {c['comparisons']} judged pairs, {c['ties']} ties, {c['low_confidence']} below "
-                  f"min_confidence, {c['unusable']} unusable ({c['judge_malformed']} malformed judge outputs); "
-                  f"{c['position_consistent']} consistent across both orders", soft_wrap=True)
-    for warning in summary.get("warnings", []):
-        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
-    if not c["pairs"]:
-        err.print("[yellow]warning:[/yellow] no pairs passed the quality gates; see records/ for the reasons")
+            planned = planning.plan(config)
+            _say([("info", planning.describe(planned))])
+            print(json.dumps(planned, indent=2))
+            return
+        with StageProgress(err) as progress:
+            summary = run(config, str(pipeline) if pipeline else None, progress=progress)
+    from cai.generate import describe
+
+    _say(describe(summary))
     print(summary["dataset_path"])
-    if c["failed"]:
-        first = c["errors"][0]
-        err.print(f"[red]error:[/red] {c['failed']} prompts failed and are left for the next run "
-                  f"(first: {first['id']} at {first['stage']}: {escape(first['error'])}); "
-                  "run the same command again to retry them", soft_wrap=True)
+    if summary["counts"]["failed"]:
         raise typer.Exit(1)
 
 
@@ -130,7 +129,7 @@ def audit(
     from cai.config import load_pipeline
     from cai.progress import StageProgress
 
-    try:
+    with _guard():
         if limit is not None and limit < 1:
             raise InputError([Problem("command line", None, "--limit", "must be at least 1")])
         config = load_pipeline(pipeline, judge_model=judge_model, judge_backend=judge_backend,
@@ -138,10 +137,6 @@ def audit(
         target = out or config.resolved_out() / "audit"
         with StageProgress(err) as progress:
             result = run_audit(config, target, limit, progress=progress)
-    except BaseException as exc:  # noqa: BLE001 - every failure maps to an exit code
-        if isinstance(exc, typer.Exit):
-            raise
-        _fail(exc)
     for name, section in result["report"].items():
         err.print(f"{name}: {escape(section['summary'])}", soft_wrap=True)
     print(target / "report.html")
@@ -170,7 +165,7 @@ def train(
     """Train a model on a generated dataset with TRL (sft, dpo, kto, orpo, simpo, reward, grpo) or our PPO."""
     from cai.train.config import ALGOS, load_train_config
 
-    try:
+    with _guard():
         if algo not in ALGOS:
             raise InputError([Problem("ALGO", None, "", f"unknown algorithm {algo!r} (one of {', '.join(ALGOS)})")])
         cfg = load_train_config(config, algo=algo, data=str(data), out=str(out) if out else None, model=model,
@@ -180,17 +175,9 @@ def train(
         from cai.train import train as run
 
         metrics = run(cfg, console=err)
-    except BaseException as exc:  # noqa: BLE001 - every failure maps to an exit code
-        if isinstance(exc, typer.Exit):
-            raise
-        _fail(exc)
-    loss = metrics.get("final_loss")
-    extra = ""
-    if metrics.get("heldout"):
-        h = metrics["heldout"]
-        extra = f"; held-out pairwise accuracy {h['accuracy']:.3f} (n={h['n']}, 95% CI {h['ci95'][0]:.2f}-{h['ci95'][1]:.2f})"
-    err.print(f"{cfg.algo}: {metrics['steps']} steps in {metrics['train_seconds']:.0f}s, final loss "
-              f"{loss if loss is None else f'{loss:.4f}'}{extra}")
+    from cai.train import describe
+
+    _say([("info", describe(cfg, metrics))])
     print(cfg.resolved_out())
 
 
@@ -211,16 +198,12 @@ def eval_(
     from cai.progress import StageProgress
     from cai.train.eval import EvalConfig, run_eval
 
-    try:
+    with _guard():
         cfg = EvalConfig(model=model, baseline=baseline, out=str(out), prompts=prompts or [], judge_model=judge_model,
                          constitution=str(constitution) if constitution else None, limit=limit,
                          max_new_tokens=max_new_tokens, principles=principles, seed=seed)
         with StageProgress(err) as progress:
             result = run_eval(cfg, console=err, progress=progress)
-    except BaseException as exc:  # noqa: BLE001
-        if isinstance(exc, typer.Exit):
-            raise
-        _fail(exc)
     for line in result["summary_lines"]:
         err.print(line, soft_wrap=True)
     print(Path(out) / "report.html")
@@ -255,20 +238,13 @@ def push(
     The token is huggingface_hub's own: HF_TOKEN or `hf auth login`; it is never written anywhere."""
     from cai import hub
 
-    try:
+    with _guard():
         if dry_run is not None:
             files = hub.dry_run(run_dir, dry_run, repo_id, license)
             err.print(f"dry run: {len(files)} files written to {dry_run} (nothing uploaded)")
             print(dry_run)
             return
         done = hub.push(run_dir, repo_id, private=private, revision=revision, license=license)
-    except BaseException as exc:  # noqa: BLE001 - every failure maps to an exit code
-        if isinstance(exc, typer.Exit):
-            raise
-        if isinstance(exc, hub.PushError) and not _state["debug"]:
-            err.print(f"[red]error:[/red] push failed: {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(1)
-        _fail(exc)
     deleted = f", {len(done['deleted'])} stale files removed" if done["deleted"] else ""
     err.print(f"pushed {len(done['files'])} files to {repo_id}{deleted}")
     print(done["commit_url"])
@@ -283,17 +259,11 @@ def diff(
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON instead of text."),
 ):
     """What a constitution edit changed in the dataset: rows, principle usage, flags, sample revisions."""
-    import json as _json
-
     from cai.diff import compare, render
 
-    try:
+    with _guard():
         report = compare(run_dir, from_, to, samples)
-    except BaseException as exc:  # noqa: BLE001
-        if isinstance(exc, typer.Exit):
-            raise
-        _fail(exc)
-    print(_json.dumps(report, indent=2, ensure_ascii=False) if as_json else render(report))
+    print(json.dumps(report, indent=2, ensure_ascii=False) if as_json else render(report))
 
 
 def main() -> None:

@@ -211,3 +211,23 @@ def _counts(stats, n_prompts: int) -> dict:
             "judge_calls": stats.judge_calls,
             "resumed": stats.resumed, "generated": stats.generated, "failed": stats.failed,
             "failed_calls": stats.failed_calls, "errors": stats.errors}
+
+
+def describe(summary: dict) -> list[tuple[str, str]]:
+    """The run's outcome as (kind, line) pairs for the console; kind is info, warning or error."""
+    c = summary["counts"]
+    flagged = ", ".join(f"{k} {v}" for k, v in c["flagged"].items()) or "none"
+    lines = [("info", f"{c['records']} records, {c['pairs']} pairs (flagged: {flagged}); "
+                      f"{c['model_calls']} model calls, {c['cache_hits']} cache hits, {c['resumed']} resumed")]
+    if "comparisons" in c:
+        lines.append(("info", f"AI feedback: {c['comparisons']} judged pairs, {c['ties']} ties, {c['low_confidence']} "
+                              f"below min_confidence, {c['unusable']} unusable ({c['judge_malformed']} malformed judge "
+                              f"outputs); {c['position_consistent']} consistent across both orders"))
+    lines += [("warning", w) for w in summary.get("warnings", [])]
+    if not c["pairs"]:
+        lines.append(("warning", "no pairs passed the quality gates; see records/ for the reasons"))
+    if c["failed"]:
+        first = c["errors"][0]
+        lines.append(("error", f"{c['failed']} prompts failed and are left for the next run (first: {first['id']} at "
+                               f"{first['stage']}: {first['error']}); run the same command again to retry them"))
+    return lines

@@ -62,3 +62,10 @@ def plan(config: PipelineConfig) -> dict:
     return {"prompts": len(examples), "records_reused": s.resumed, "records_rebuilt": len(todo),
             "records_with_new_text": changed, "model_calls": s.model_calls, "judge_calls": s.judge_calls,
             "cache_hits": s.cache_hits, "calls_by_stage": dict(sorted(s.stage_calls.items()))}
+
+
+def describe(p: dict) -> str:
+    stages = ", ".join(f"{k} {v}" for k, v in p["calls_by_stage"].items()) or "none"
+    return (f"plan: {p['prompts']} prompts: {p['records_reused']} records reused as they are, "
+            f"{p['records_rebuilt']} rebuilt ({p['records_with_new_text']} with new model text); "
+            f"{p['model_calls']} model calls to make ({stages}), {p['cache_hits']} answered from the cache")

@@ -105,3 +105,13 @@ def rewards_accuracy(model, tok, pairs, max_length):
     from cai.train.rewards import pair_accuracy
 
     return pair_accuracy(model, tok, pairs, max_length)
+
+
+def describe(config: TrainConfig, metrics: dict) -> str:
+    loss = metrics.get("final_loss")
+    line = (f"{config.algo}: {metrics['steps']} steps in {metrics['train_seconds']:.0f}s, final loss "
+            f"{'n/a' if loss is None else f'{loss:.4f}'}")
+    if metrics.get("heldout"):
+        h = metrics["heldout"]
+        line += f"; held-out pairwise accuracy {h['accuracy']:.3f} (n={h['n']}, 95% CI {h['ci95'][0]:.2f}-{h['ci95'][1]:.2f})"
+    return line
