@@ -150,7 +150,6 @@ def build_card(run: dict, constitution_text: str, usage: dict[str, int], princip
         size_categories=[size_category(int(c.get("pairs") or 0))], pretty_name=pretty, configs=configs,
     )
     feedback = "judge-labelled preference pairs (RL-CAI)" if run.get("judge") else "SL-CAI preference pairs"
-    usage_rows = "\n".join(f"| {p} | {usage.get(p, 0)} |" for p in principles)
     total_rounds = sum(usage.values()) or 1
     image = f"![Principle usage]({histogram})\n\n" if histogram else ""
     judge_note = ("The judge prefers answers for reasons beyond the principle (position, length, format, its own "

@@ -15,7 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cai.errors import InputError
-from cai.yamlio import load_model, pydantic_problems
+from cai.field_errors import pydantic_problems
+from cai.yamlio import load_model
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 DEFAULT_PIPELINE = PIPELINES_DIR / "default.yaml"

@@ -28,7 +28,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from cai.yamlio import did_you_mean, load_model
+from cai.field_errors import did_you_mean
+from cai.yamlio import load_model
 
 _SLUG = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from cai.errors import InputError, Problem
-from cai.redact import REDACTED, scrub_run  # noqa: F401 - REDACTED re-exported for callers
+from cai.redact import scrub_run
 
 MANAGED_DIRS = ("data", "sft", "images")
 MANAGED_FILES = ("README.md", "constitution.yaml", "run.json")

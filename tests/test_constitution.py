@@ -9,7 +9,8 @@ import pytest
 
 from cai.constitution import Constitution, load_constitution
 from cai.errors import InputError, Problem
-from cai.yamlio import did_you_mean, load_yaml
+from cai.field_errors import did_you_mean
+from cai.yamlio import load_yaml
 
 VALID = """\
 name: demo
@@ -355,7 +356,7 @@ def test_pydantic_problems_with_plain_locate_function():
     # Prompt-file rows have one line each: the locator can be any callable.
     from pydantic import BaseModel, ConfigDict, ValidationError
 
-    from cai.yamlio import pydantic_problems
+    from cai.field_errors import pydantic_problems
 
     class Row(BaseModel):
         model_config = ConfigDict(extra="forbid")

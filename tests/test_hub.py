@@ -13,6 +13,7 @@ import datasets
 import pytest
 
 from cai import hub
+from cai.redact import REDACTED
 from conftest import PRINCIPLES, write_constitution, write_pipeline
 from hub_server import FakeHub
 from test_engine import run
@@ -81,7 +82,7 @@ def test_run_json_is_scrubbed_and_no_written_file_holds_a_secret(tmp_path, monke
         data = (tmp_path / "up" / f).read_bytes()
         assert CANARY.encode() not in data and KEY_CANARY.encode() not in data, f
     scrubbed = json.loads((tmp_path / "up" / "run.json").read_text())
-    assert scrubbed["config"]["extra_body"]["api_key"] == hub.REDACTED
+    assert scrubbed["config"]["extra_body"]["api_key"] == REDACTED
     assert scrubbed["config"]["api_key_env"] == "OPENAI_API_KEY"  # a variable's name is not a secret
     assert scrubbed["config"]["sampling"]["respond"]["max_new_tokens"] > 0  # `*_tokens` keys survive
 

@@ -15,7 +15,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from cai.config import PIPELINES_DIR, PromptSource
 from cai.prompts import load_prompts

@@ -11,7 +11,6 @@ environment variable the pipeline names and lives only in the client.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 from typing import Sequence

@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai.errors import InputError
-from cai.yamlio import load_model, pydantic_problems
+from cai.field_errors import pydantic_problems
+from cai.yamlio import load_model
 
 DEFAULT_TRAIN = Path(__file__).resolve().parent.parent.parent / "pipelines" / "train.yaml"
 ALGOS = ("sft", "dpo", "kto", "orpo", "simpo", "reward", "ppo", "grpo")
