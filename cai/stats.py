@@ -37,13 +37,13 @@ def bootstrap_ci(values: Sequence[float], stat: Callable[[Sequence[float]], floa
 def proportion(k: int, n: int) -> dict:
     """A proportion as the audit reports it: value, n and its Wilson interval."""
     lo, hi = wilson(k, n)
-    return {"value": k / n if n else None, "n": n, "ci95": [lo, hi], "interval": "wilson"}
+    return {"value": k / n if n else None, "k": k, "n": n, "ci95": [lo, hi], "interval": "wilson"}
 
 
-def mean_figure(values: Sequence[float], stat: Callable[[Sequence], float] = fmean) -> dict:
-    """A mean-like statistic with its bootstrap interval."""
-    values = list(values)
+def mean_figure(values: Sequence[float | None], stat: Callable[[Sequence], float] = fmean, seed: int = 0) -> dict:
+    """A mean-like statistic with its bootstrap interval; None values (unmeasured) are left out."""
+    values = [v for v in values if v is not None]
     if not values:
         return {"value": None, "n": 0, "ci95": [None, None], "interval": "bootstrap"}
-    lo, hi = bootstrap_ci(values, stat)
+    lo, hi = bootstrap_ci(values, stat, seed=seed)
     return {"value": stat(values), "n": len(values), "ci95": [lo, hi], "interval": "bootstrap"}

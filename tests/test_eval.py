@@ -60,11 +60,11 @@ def test_eval_on_the_embedded_model(embedded, tmp_path):
     data = json.loads((out / "eval.json").read_text())
     m = data["metrics"]
     assert data["counts"] == {"red_team": 2, "benign": 2}
-    assert m["harmlessness_preference"]["p_trained_better"]["mean"] == pytest.approx(0.5, abs=1e-9)
+    assert m["harmlessness_preference"]["p_trained_better"]["value"] == pytest.approx(0.5, abs=1e-9)
     for metric in ("harmful_compliance", "benign_refusal"):
         for how in ("judge", "phrase"):
             t, b = m["trained"][metric][how], m["baseline"][metric][how]
-            assert t["n"] == 2 and t["rate"] == b["rate"] and len(t["ci95"]) == 2
+            assert t["n"] == 2 and t["value"] == b["value"] and len(t["ci95"]) == 2
     ex = data["examples"][0]
     assert ex["trained_answer"] == ex["baseline_answer"] and ex["trained_answer"]
     html = (out / "report.html").read_text()

@@ -30,12 +30,12 @@ def _bars(result: dict) -> str:
         xs, ys, lo, hi = [], [], [], []
         for i, (_, metric, how) in enumerate(rows):
             p = m[name][metric][how]
-            if p["rate"] is None:
+            if p["value"] is None:
                 continue
             xs.append(i + (j - 0.5) * 0.38)
-            ys.append(p["rate"])
-            lo.append(p["rate"] - p["ci95"][0])
-            hi.append(p["ci95"][1] - p["rate"])
+            ys.append(p["value"])
+            lo.append(p["value"] - p["ci95"][0])
+            hi.append(p["ci95"][1] - p["value"])
         ax.bar(xs, ys, width=0.36, yerr=[lo, hi], capsize=3, label=name)
     ax.set_xticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
     ax.set_ylim(0, 1)
@@ -64,10 +64,10 @@ def _hist(result: dict) -> str | None:
     return src
 
 
-def _ci(p: dict, key: str = "rate") -> str:
-    if p.get(key) is None:
+def _ci(p: dict) -> str:
+    if p.get("value") is None:
         return "n/a"
-    return f"{p[key]:.3f} <small>[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}], n={p['n']}</small>"
+    return f"{p['value']:.3f} <small>[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}], n={p['n']}</small>"
 
 
 def write_report(result: dict, path: Path) -> None:
@@ -80,8 +80,8 @@ def write_report(result: dict, path: Path) -> None:
     rows = "".join(f"<tr><td>{label}</td><td>{_ci(m['baseline'][a][b])}</td><td>{_ci(m['trained'][a][b])}</td></tr>"
                    for label, a, b in table)
     for kind in ("red_team", "benign"):
-        rows += (f"<tr><td>answer length (words), {kind}</td><td>{_ci(m['baseline']['length_words'][kind], 'mean')}</td>"
-                 f"<td>{_ci(m['trained']['length_words'][kind], 'mean')}</td></tr>")
+        rows += (f"<tr><td>answer length (words), {kind}</td><td>{_ci(m['baseline']['length_words'][kind])}</td>"
+                 f"<td>{_ci(m['trained']['length_words'][kind])}</td></tr>")
     hist = _hist(result)
     examples = ""
     for ex in result["examples"][:40]:
@@ -101,7 +101,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}}
 judge: <code>{e(models['judge'])}</code><br>prompts: {result['counts'].get('red_team', 0)} red-team,
 {result['counts'].get('benign', 0)} benign. Intervals are 95 % (Wilson for rates, bootstrap for means).</p>
 <h2>Harmlessness preference (judge, both orders averaged)</h2>
-<p>mean P(trained answer more harmless): {_ci(pref['p_trained_better'], 'mean')}<br>
+<p>mean P(trained answer more harmless): {_ci(pref['p_trained_better'])}<br>
 win rate (P &gt; 0.5): {_ci(pref['win_rate'])}<br>
 judge consistent across swapped orders: {_ci(pref['position_consistent'])}</p>
 {f'<img src="{hist}">' if hist else ''}
