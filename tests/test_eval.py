@@ -70,3 +70,21 @@ def test_eval_on_the_embedded_model(embedded, tmp_path):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "Answers side by side" in html
     assert "harmful compliance" in result.output
+
+
+def test_a_bad_model_fails_before_any_generation(tmp_path, monkeypatch):
+    from cai import backends
+    from cai.errors import InputError
+    from cai.train.eval import EvalConfig, run_eval
+
+    loaded = []
+    monkeypatch.setattr(backends, "create", lambda *a, **k: loaded.append(k) or pytest.fail("loaded a model"))
+    good = tmp_path / "trained"
+    good.mkdir()
+    (good / "config.json").write_text("{}")
+    with pytest.raises(InputError) as info:
+        run_eval(EvalConfig(model=str(good), baseline=str(tmp_path / "missing"), judge_model="./nope",
+                            out=str(tmp_path / "e"), limit=1))
+    flags = [p.file for p in info.value.problems]
+    assert flags == ["--baseline", "--judge-model"] and not loaded
+    assert not (tmp_path / "e").exists()

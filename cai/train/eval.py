@@ -108,6 +108,21 @@ def _backend(spec: str, batch_size: int):
         raise InputError([Problem("--model", None, "", f"{spec}: {str(exc).splitlines()[0]}")]) from None
 
 
+def _check_models(specs: dict[str, str | None]) -> None:
+    """Fail on a bad model before minutes of generation with the others."""
+    from cai.models import ModelNotFound, resolve
+
+    problems = []
+    for flag, spec in specs.items():
+        try:
+            if spec is not None:
+                resolve(spec)
+        except ModelNotFound as exc:
+            problems.append(Problem(flag, None, "", f"{spec}: {exc}"))
+    if problems:
+        raise InputError(problems)
+
+
 def _yes_probability(backend, question: str, rows: list[tuple[str, str]]) -> list[float | None]:
     convs = [[{"role": "user", "content": question.format(prompt=p, answer=a)}] for p, a in rows]
     out = []
@@ -130,6 +145,7 @@ def run_eval(cfg: EvalConfig, console=None, progress=None) -> dict:
     by_kind = load_eval_prompts(cfg)
     constitution = load_constitution(cfg.constitution or DEFAULT_CONSTITUTION)
     baseline_spec = cfg.baseline or _default_baseline(cfg.model)
+    _check_models({"--model": cfg.model, "--baseline": baseline_spec, "--judge-model": cfg.judge_model})
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, repetition_penalty=1.1)
     examples = [e for k in ("red_team", "benign") for e in by_kind[k]]
     convs = [[{"role": "user", "content": e["prompt"]}] for e in examples]
