@@ -139,6 +139,9 @@ def audit(
             result = run_audit(config, target, limit, progress=progress)
     for name, section in result["report"].items():
         err.print(f"{name}: {escape(section['summary'])}", soft_wrap=True)
+    meta = result["meta"]
+    err.print(f"{meta['model_calls']} judge calls, {meta['cache_hits']} from the cache ({target / 'cache.sqlite'}; "
+              "an interrupted audit resumes from it)", soft_wrap=True)
     print(target / "report.html")
 
 

@@ -84,6 +84,36 @@ def test_a_fair_judge_is_consistent_accurate_and_robust(config, tmp_path):
     assert list(saved) == list(SECTIONS)
 
 
+class DiesAfter(FakeJudge):
+    """The oracle judge, killed (KeyboardInterrupt) once it has scored `budget` conversations."""
+
+    def __init__(self, budget):
+        super().__init__(oracle)
+        self.budget = budget
+
+    def choice_logprobs(self, conversations, choices, progress=None):
+        if self.budget is not None and self.scored + len(conversations) > self.budget:
+            raise KeyboardInterrupt
+        return super().choice_logprobs(conversations, choices, progress)
+
+
+def test_an_interrupted_audit_resumes_from_its_cache_and_a_rerun_is_free(config, tmp_path):
+    out = tmp_path / "audit"
+    fresh = run_audit(config, tmp_path / "fresh", limit=6, judge_backend=FakeJudge(oracle))
+    total = fresh["meta"]["model_calls"]
+    assert total > 3 * 64  # (the noise floor's draw repeats some base calls: those are cache hits)
+    dying = DiesAfter(budget=3 * 64)
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(config, out, limit=6, judge_backend=dying)
+    assert dying.scored == 3 * 64  # three chunks committed before the kill
+    resumed = FakeJudge(oracle)
+    result = run_audit(config, out, limit=6, judge_backend=resumed)
+    assert resumed.scored == result["meta"]["model_calls"] == total - 3 * 64
+    assert result["report"] == fresh["report"]
+    again = FakeJudge(oracle)
+    assert run_audit(config, out, limit=6, judge_backend=again)["meta"]["model_calls"] == 0 and again.scored == 0
+
+
 class OwnStyleJudge(FakeJudge):
     """Answers in its own style and prefers answers in that style: a self-preferring judge."""
 
