@@ -155,7 +155,55 @@ def test_soft_labels_filter_and_margin(tmp_path):
     kept = data.pairs(src, min_confidence=0.6, keep_margin=True)
     assert kept["margin"] == [2.2, 0.0]  # 0.55 dropped; an unlabelled pair is kept with margin 0
     assert "margin" not in data.pairs(src).column_names
-    assert len(data.kto(src)) == 6 and data.kto(src)["label"][:2] == [True, False]
+    kto = data.kto(src)
+    assert len(kto) == 6 and sorted(kto["label"]) == [False] * 3 + [True] * 3
+
+
+USER = [{"role": "user", "content": "Is the sky blue?"}]
+GOOD = [{"role": "assistant", "content": "Yes, on a clear day."}]
+BAD = [{"role": "assistant", "content": "No."}]
+SHAPES = {  # the same preference pair in each of TRL's dataset shapes
+    "conversational": {"prompt": USER, "chosen": GOOD, "rejected": BAD},
+    "standard": {"prompt": "Is the sky blue?", "chosen": "Yes, on a clear day.", "rejected": "No."},
+    "implicit_prompt": {"chosen": USER + GOOD, "rejected": USER + BAD},
+    "from_value": {"prompt": [{"from": "user", "value": "Is the sky blue?"}],
+                   "chosen": [{"from": "assistant", "value": "Yes, on a clear day."}],
+                   "rejected": [{"from": "assistant", "value": "No."}]},
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_trl_preference_shape_reads_as_the_same_conversational_pair(tmp_path, shape):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cai.train import data
+
+    # The layout `cai push` uploads and `hf download` fetches: data/<split>-*.parquet.
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist([SHAPES[shape]] * 2), tmp_path / "data" / "train-00000-of-00001-ab12.parquet")
+    src = data.locate(str(tmp_path))
+    row = data.pairs(src)[0]
+    assert (row["prompt"], row["chosen"], row["rejected"]) == (USER, GOOD, BAD)
+    assert data.messages(src)[0] == {"prompt": USER, "completion": GOOD}
+    assert data.prompts(src)["prompt"] == [USER]
+    assert data.pairs(src, "test") is None
+
+
+def test_sft_data_as_conversations_or_prompt_completion(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cai.train import data
+
+    for name, row in (("a", {"conversations": [{"from": "user", "value": "Is the sky blue?"},
+                                                {"from": "assistant", "value": "Yes, on a clear day."}]}),
+                      ("b", {"prompt": "Is the sky blue?", "completion": "Yes, on a clear day."})):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.Table.from_pylist([row]), tmp_path / name / "train.parquet")
+        src = data.locate(str(tmp_path / name))
+        assert src.pairs_dir is None
+        assert data.messages(src)[0] == {"prompt": USER, "completion": GOOD}, name
 
 
 def test_cli_train_dpo_writes_the_model(run_dir, tiny_model, train_yaml, tmp_path):

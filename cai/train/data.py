@@ -1,12 +1,17 @@
 """Where the training data is and the views each algorithm needs.
 
 `--data` is a run directory made by `cai generate` (RUN/dataset holds the
-preference pairs, RUN/sft the SL-CAI messages) or a dataset folder with
-`{train,test}.parquet`. Views:
+preference pairs, RUN/sft the SL-CAI messages), a dataset folder with
+`{split}.parquet` files, or a Hub dataset's folder as `cai push` writes it
+and `hf download` fetches it (`data/{split}-*.parquet`, `sft/{split}-*.parquet`).
+Folders are told apart by their columns, not their names. Rows in any of TRL's
+shapes are accepted and made conversational here, once: standard (strings:
+one user turn, one assistant turn), implicit prompt (chosen/rejected hold the
+whole conversation), `from`/`value` messages, prompt/completion for SFT. Views:
 
 - messages  -> prompt/completion (SFT; the loss falls on the completion = the assistant turn)
 - pairs     -> prompt/chosen/rejected (+ `margin` when AI-feedback labels are there)
-- kto       -> prompt/completion/label, two unpaired rows per pair
+- kto       -> prompt/completion/label, two unpaired rows per pair (TRL's unpair_preference_dataset)
 - prompts   -> prompt (PPO/GRPO rollouts)
 
 AI-feedback columns are optional: with `chosen_prob` present, pairs below
@@ -27,12 +32,27 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 @dataclass
 class Source:
     pairs_dir: Path | None  # folder with the preference parquet files
-    sft_dir: Path | None  # folder with the messages parquet files
+    sft_dir: Path | None  # folder with the messages (or prompt/completion) parquet files
     constitution_sha256: str | None
 
 
-def _has_split(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.glob("*.parquet"))
+def _split_files(folder: Path, split: str) -> list[Path]:
+    return sorted({*folder.glob(f"{split}.parquet"), *folder.glob(f"{split}-*.parquet")})
+
+
+def _columns(folder: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    return set(pq.read_schema(files[0]).names) if files else set()
+
+
+def _is_pairs(columns: set[str]) -> bool:
+    return {"chosen", "rejected"} <= columns
+
+
+def _is_sft(columns: set[str]) -> bool:
+    return bool({"messages", "conversations"} & columns) or {"prompt", "completion"} <= columns
 
 
 def locate(data: str | None) -> Source:
@@ -47,27 +67,40 @@ def locate(data: str | None) -> Source:
             sha = json.loads((root / "run.json").read_text()).get("constitution_sha256")
         except (OSError, ValueError):
             pass
-    if _has_split(root / "dataset") or _has_split(root / "sft"):
-        pairs = root / "dataset" if _has_split(root / "dataset") else None
-        sft = root / "sft" if _has_split(root / "sft") else None
-        return Source(pairs, sft, sha)
-    if _has_split(root):
-        import pyarrow.parquet as pq
+    pairs_dir = sft_dir = None
+    for folder in (root / "dataset", root / "data", root / "sft", root):
+        columns = _columns(folder)
+        if pairs_dir is None and _is_pairs(columns):
+            pairs_dir = folder
+        elif sft_dir is None and _is_sft(columns):
+            sft_dir = folder
+    if pairs_dir is None and sft_dir is None:
+        raise InputError([Problem(str(root), None, "--data", "no dataset here: expected RUN/dataset/*.parquet, "
+                                  "RUN/sft/*.parquet, {train,test}.parquet or data/{split}-*.parquet with "
+                                  "chosen/rejected or messages columns")])
+    return Source(pairs_dir, sft_dir, sha)
 
-        columns = set(pq.read_schema(next(iter(sorted(root.glob("*.parquet"))))).names)
-        return Source(root if {"chosen", "rejected"} <= columns else None,
-                      root if "messages" in columns else None, sha)
-    raise InputError([Problem(str(root), None, "--data", "no dataset here: expected RUN/dataset/*.parquet, "
-                              "RUN/sft/*.parquet or {train,test}.parquet")])
+
+def _conversational(row: dict) -> dict:
+    """One row in TRL's conversational shape (see the module docstring)."""
+    from trl.data_utils import maybe_convert_to_chatml, maybe_extract_prompt
+
+    row = maybe_extract_prompt(maybe_convert_to_chatml(dict(row)))
+    for key, role in (("prompt", "user"), ("chosen", "assistant"), ("rejected", "assistant"),
+                      ("completion", "assistant")):
+        if isinstance(row.get(key), str):
+            row[key] = [{"role": role, "content": row[key]}]
+    return row
 
 
 def _load(folder: Path, split: str):
     from datasets import Dataset
 
-    path = folder / f"{split}.parquet"
-    if not path.is_file():
+    files = _split_files(folder, split)
+    if not files:
         return None
-    return Dataset.from_parquet(str(path), keep_in_memory=True)
+    ds = Dataset.from_parquet([str(f) for f in files], keep_in_memory=True)
+    return ds.map(_conversational, remove_columns=[c for c in ("conversations",) if c in ds.column_names])
 
 
 def _require(ds, columns, folder: Path, what: str) -> None:
@@ -112,6 +145,8 @@ def messages(source: Source, split: str = "train"):
         ds = _load(source.sft_dir, split)
         if ds is None:
             return None
+        if {"prompt", "completion"} <= set(ds.column_names):
+            return ds.select_columns(["prompt", "completion"])
         _require(ds, ["messages"], source.sft_dir, "sft")
         ds = ds.select_columns(["messages"])
     elif source.pairs_dir is not None:  # a bare preference dataset: fine-tune on the chosen answers
@@ -128,16 +163,10 @@ def messages(source: Source, split: str = "train"):
 
 def kto(source: Source, split: str = "train", min_confidence: float = 0.0):
     """Unpaired rows: each pair gives (prompt, chosen, True) and (prompt, rejected, False)."""
-    ds = pairs(source, split, min_confidence)
-    if ds is None:
-        return None
-    from datasets import Dataset
+    from trl.data_utils import unpair_preference_dataset
 
-    rows = []
-    for row in ds:
-        rows.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
-        rows.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
-    return Dataset.from_list(rows)
+    ds = pairs(source, split, min_confidence)
+    return None if ds is None else unpair_preference_dataset(ds)
 
 
 def prompts(source: Source, split: str = "train"):
