@@ -245,7 +245,9 @@ def test_bad_yaml_field_and_missing_columns_exit_2(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"prompt": [{"role": "user", "content": "q"}], "chosen": [], "x": 1}]),
                    data / "train.parquet")
     result = CliRunner().invoke(app, ["train", "sft", "--data", str(data)])
-    assert result.exit_code == 2 and "no SFT data" in result.output
+    # neither a pair (no `rejected`) nor SFT rows: the error names the columns it found
+    assert result.exit_code == 2 and "data/ has columns chosen, prompt, x" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_reward_on_ai_feedback_labels_uses_margin_and_confidence(tiny_model, train_yaml, tmp_path):
@@ -265,3 +267,31 @@ def test_reward_on_ai_feedback_labels_uses_margin_and_confidence(tiny_model, tra
     assert all(m > 0 for m in kept["margin"])
     metrics = _train("reward", run, tmp_path / "rm", tiny_model, train_yaml, max_steps=1, min_confidence=0.6)
     assert metrics["steps"] == 1
+
+
+@pytest.mark.slow
+def test_dpo_on_the_embedded_model_from_a_pushed_dataset(run_dir, embedded, train_yaml, tmp_path):
+    """The real model on the user's path: `cai push --dry-run` writes the Hub layout, `cai train dpo --data`
+    reads it, and DPO moves the embedded model's implicit reward margin toward the chosen answers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cai import hub
+    from cai.train import data
+
+    upload = tmp_path / "upload"
+    hub.dry_run(run_dir, upload, "org/name")
+    out = tmp_path / "dpo"
+    metrics = _train("dpo", upload, out, "embedded", train_yaml, max_steps=6, lr=1e-3, beta=0.1)
+    assert metrics["steps"] == 6
+    info = json.loads((out / "train.json").read_text())
+    assert info["base_model"] == embedded.identity
+    assert info["constitution_sha256"] == json.loads((run_dir / "run.json").read_text())["constitution_sha256"]
+    rows = list(data.pairs(data.locate(str(upload))))[:4]
+    tok = AutoTokenizer.from_pretrained(out)
+    ref, pol = AutoModelForCausalLM.from_pretrained(embedded.path), AutoModelForCausalLM.from_pretrained(out)
+    margins = []
+    for r in rows:
+        c = _logp(pol, tok, r["prompt"], r["chosen"]) - _logp(ref, tok, r["prompt"], r["chosen"])
+        j = _logp(pol, tok, r["prompt"], r["rejected"]) - _logp(ref, tok, r["prompt"], r["rejected"])
+        margins.append(0.1 * (c - j))
+    assert sum(margins) / len(margins) > 0.05, margins

@@ -75,9 +75,11 @@ def locate(data: str | None) -> Source:
         elif sft_dir is None and _is_sft(columns):
             sft_dir = folder
     if pairs_dir is None and sft_dir is None:
-        raise InputError([Problem(str(root), None, "--data", "no dataset here: expected RUN/dataset/*.parquet, "
-                                  "RUN/sft/*.parquet, {train,test}.parquet or data/{split}-*.parquet with "
-                                  "chosen/rejected or messages columns")])
+        seen = next((f"{f.name}/ has columns {', '.join(sorted(c))}; " for f in (root / "dataset", root / "data",
+                     root / "sft", root) if (c := _columns(f))), "")
+        raise InputError([Problem(str(root), None, "--data", f"no dataset here: {seen}expected chosen/rejected "
+                                  "(preference) or messages or prompt/completion (SFT) columns in "
+                                  "RUN/dataset/, RUN/sft/, {train,test}.parquet or data/{split}-*.parquet")])
     return Source(pairs_dir, sft_dir, sha)
 
 
