@@ -294,4 +294,5 @@ def test_dpo_on_the_embedded_model_from_a_pushed_dataset(run_dir, embedded, trai
         c = _logp(pol, tok, r["prompt"], r["chosen"]) - _logp(ref, tok, r["prompt"], r["chosen"])
         j = _logp(pol, tok, r["prompt"], r["rejected"]) - _logp(ref, tok, r["prompt"], r["rejected"])
         margins.append(0.1 * (c - j))
-    assert sum(margins) / len(margins) > 0.05, margins
+    print("DPO on the embedded model, implicit reward margins:", [round(m, 3) for m in margins])
+    assert all(m > 0.5 for m in margins), margins  # ~4.7 each after 6 steps at lr 1e-3
