@@ -148,7 +148,7 @@ def audit(
 @app.command()
 def train(
     algo: str = typer.Argument(..., help="sft | dpo | kto | orpo | simpo | reward | ppo | grpo."),
-    data: Path = typer.Option(..., "--data", help="Run directory from `cai generate`, a folder of {train,test}.parquet, or a Hub dataset as `cai push` writes it (data/train-*.parquet). Any TRL row shape: conversational, standard strings, implicit prompt."),
+    data: Path = typer.Option(..., "--data", help="Run directory from `cai generate`, a folder of {train,test}.parquet, a Hub dataset as `cai push` writes it (data/train-*.parquet), or a save_to_disk folder. Any TRL row shape: conversational, standard strings, implicit prompt."),
     out: Optional[Path] = typer.Option(None, help="Output directory for the trained model (default: DATA/train/ALGO)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Training YAML (default: pipelines/train.yaml); flags override it."),
     model: Optional[str] = typer.Option(None, help="Starting model: `embedded` (default, the shipped SmolLM2-135M-Instruct as a plain checkpoint), a checkpoint folder or a hub id."),

@@ -190,6 +190,36 @@ def test_every_trl_preference_shape_reads_as_the_same_conversational_pair(tmp_pa
     assert data.pairs(src, "test") is None
 
 
+def test_save_to_disk_folders_read_like_parquet_and_stay_untouched(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from cai.train import data
+
+    pairs = Dataset.from_list([SHAPES["standard"]] * 3)
+    DatasetDict({"train": pairs, "test": pairs.select([0])}).save_to_disk(str(tmp_path / "dict"))
+    Dataset.from_list([{"messages": USER + GOOD}]).save_to_disk(str(tmp_path / "one"))
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+
+    src = data.locate(str(tmp_path / "dict"))
+    assert src.pairs_dir == tmp_path / "dict" and src.sft_dir is None
+    assert len(data.pairs(src)) == 3 and len(data.pairs(src, "test")) == 1
+    row = data.pairs(src)[0]
+    assert (row["prompt"], row["chosen"], row["rejected"]) == (USER, GOOD, BAD)
+    one = data.locate(str(tmp_path / "one"))  # a single Dataset is the train split
+    assert one.pairs_dir is None and data.messages(one)[0] == {"prompt": USER, "completion": GOOD}
+    assert data.messages(one, "test") is None
+    # Reading wrote no cache files into the user's folders.
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+    # A broken index or split folder is bad input: one line, exit 2.
+    (tmp_path / "dict" / "dataset_dict.json").write_text("{not json")
+    result = CliRunner().invoke(app, ["train", "dpo", "--data", str(tmp_path / "dict")])
+    assert result.exit_code == 2 and f"{tmp_path / 'dict' / 'dataset_dict.json'}:1: splits:" in result.output
+    (tmp_path / "one" / "dataset_info.json").unlink()
+    result = CliRunner().invoke(app, ["train", "sft", "--data", str(tmp_path / "one")])
+    assert result.exit_code == 2 and "unreadable save_to_disk folder" in result.output, result.output
+
+
 def test_sft_data_as_conversations_or_prompt_completion(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

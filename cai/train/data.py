@@ -2,8 +2,9 @@
 
 `--data` is a run directory made by `cai generate` (RUN/dataset holds the
 preference pairs, RUN/sft the SL-CAI messages), a dataset folder with
-`{split}.parquet` files, or a Hub dataset's folder as `cai push` writes it
-and `hf download` fetches it (`data/{split}-*.parquet`, `sft/{split}-*.parquet`).
+`{split}.parquet` files, a Hub dataset's folder as `cai push` writes it
+and `hf download` fetches it (`data/{split}-*.parquet`, `sft/{split}-*.parquet`),
+or a `Dataset(Dict).save_to_disk` folder.
 Folders are told apart by their columns, not their names. Rows in any of TRL's
 shapes are accepted and made conversational here, once: standard (strings:
 one user turn, one assistant turn), implicit prompt (chosen/rejected hold the
@@ -40,10 +41,33 @@ def _split_files(folder: Path, split: str) -> list[Path]:
     return sorted({*folder.glob(f"{split}.parquet"), *folder.glob(f"{split}-*.parquet")})
 
 
+def _saved_splits(folder: Path) -> dict[str, Path]:
+    """A `save_to_disk` folder: a DatasetDict (dataset_dict.json, a folder per split) or one Dataset (= train)."""
+    index = folder / "dataset_dict.json"
+    if index.is_file():
+        try:
+            names = json.loads(index.read_text()).get("splits", [])
+        except (ValueError, AttributeError) as exc:
+            raise InputError([Problem(str(index), getattr(exc, "lineno", None), "splits",
+                                      f"not a save_to_disk index: {exc}")]) from None
+        return {n: folder / n for n in names if (folder / n / "state.json").is_file()}
+    return {"train": folder} if (folder / "state.json").is_file() else {}
+
+
 def _columns(folder: Path) -> set[str]:
     import pyarrow.parquet as pq
+    from datasets import load_from_disk
 
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return set()
+    if saved := _saved_splits(folder):
+        first = next(iter(saved.values()))
+        try:
+            return set(load_from_disk(str(first)).column_names)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError([Problem(str(first), None, "--data", "unreadable save_to_disk folder: "
+                                      + str(exc).splitlines()[0])]) from None
+    files = sorted(folder.glob("*.parquet"))
     return set(pq.read_schema(files[0]).names) if files else set()
 
 
@@ -79,7 +103,8 @@ def locate(data: str | None) -> Source:
                      root / "sft", root) if (c := _columns(f))), "")
         raise InputError([Problem(str(root), None, "--data", f"no dataset here: {seen}expected chosen/rejected "
                                   "(preference) or messages or prompt/completion (SFT) columns in "
-                                  "RUN/dataset/, RUN/sft/, {train,test}.parquet or data/{split}-*.parquet")])
+                                  "RUN/dataset/, RUN/sft/, {train,test}.parquet, data/{split}-*.parquet or a "
+                                  "save_to_disk folder")])
     return Source(pairs_dir, sft_dir, sha)
 
 
@@ -96,12 +121,16 @@ def _conversational(row: dict) -> dict:
 
 
 def _load(folder: Path, split: str):
-    from datasets import Dataset
+    from datasets import Dataset, load_from_disk
 
-    files = _split_files(folder, split)
-    if not files:
+    if saved := _saved_splits(folder):
+        if split not in saved:
+            return None
+        ds = load_from_disk(str(saved[split]), keep_in_memory=True)  # maps stay in memory, not in their folder
+    elif files := _split_files(folder, split):
+        ds = Dataset.from_parquet([str(f) for f in files], keep_in_memory=True)
+    else:
         return None
-    ds = Dataset.from_parquet([str(f) for f in files], keep_in_memory=True)
     return ds.map(_conversational, remove_columns=[c for c in ("conversations",) if c in ds.column_names])
 
 
