@@ -92,15 +92,14 @@ def locate(data: str | None) -> Source:
         except (OSError, ValueError):
             pass
     pairs_dir = sft_dir = None
-    for folder in (root / "dataset", root / "data", root / "sft", root):
-        columns = _columns(folder)
+    found = {folder: _columns(folder) for folder in (root / "dataset", root / "data", root / "sft", root)}
+    for folder, columns in found.items():
         if pairs_dir is None and _is_pairs(columns):
             pairs_dir = folder
         elif sft_dir is None and _is_sft(columns):
             sft_dir = folder
     if pairs_dir is None and sft_dir is None:
-        seen = next((f"{f.name}/ has columns {', '.join(sorted(c))}; " for f in (root / "dataset", root / "data",
-                     root / "sft", root) if (c := _columns(f))), "")
+        seen = next((f"{f.name}/ has columns {', '.join(sorted(c))}; " for f, c in found.items() if c), "")
         raise InputError([Problem(str(root), None, "--data", f"no dataset here: {seen}expected chosen/rejected "
                                   "(preference) or messages or prompt/completion (SFT) columns in "
                                   "RUN/dataset/, RUN/sft/, {train,test}.parquet, data/{split}-*.parquet or a "
