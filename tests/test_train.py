@@ -85,6 +85,16 @@ def _logp(model, tok, prompt, answer):
     return float(logp[torch.arange(len(p) - 1, len(full) - 1), targets[len(p) - 1:]].sum())
 
 
+def _implicit_margins(pol, ref, tok, rows, beta=0.1):
+    """DPO's implicit reward margin per pair: beta * (chosen - rejected) log-ratio of policy to reference."""
+    margins = []
+    for r in rows:
+        c = _logp(pol, tok, r["prompt"], r["chosen"]) - _logp(ref, tok, r["prompt"], r["chosen"])
+        j = _logp(pol, tok, r["prompt"], r["rejected"]) - _logp(ref, tok, r["prompt"], r["rejected"])
+        margins.append(beta * (c - j))
+    return margins
+
+
 def test_dpo_moves_the_implicit_reward_margin_toward_chosen(tiny_model, train_yaml, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -104,11 +114,7 @@ def test_dpo_moves_the_implicit_reward_margin_toward_chosen(tiny_model, train_ya
     _train("dpo", data, out, tiny_model, train_yaml, max_steps=12, lr=5e-3, beta=0.1)
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ref, pol = AutoModelForCausalLM.from_pretrained(tiny_model), AutoModelForCausalLM.from_pretrained(out)
-    margins = []
-    for r in rows:
-        c = _logp(pol, tok, r["prompt"], r["chosen"]) - _logp(ref, tok, r["prompt"], r["chosen"])
-        j = _logp(pol, tok, r["prompt"], r["rejected"]) - _logp(ref, tok, r["prompt"], r["rejected"])
-        margins.append(0.1 * (c - j))
+    margins = _implicit_margins(pol, ref, tok, rows)
     assert all(m > 0 for m in margins), margins
     history = json.loads((out / "metrics.json").read_text())["log_history"]
     logged = [h["rewards/margins"] for h in history if "rewards/margins" in h]
@@ -319,10 +325,6 @@ def test_dpo_on_the_embedded_model_from_a_pushed_dataset(run_dir, embedded, trai
     rows = list(data.pairs(data.locate(str(upload))))[:4]
     tok = AutoTokenizer.from_pretrained(out)
     ref, pol = AutoModelForCausalLM.from_pretrained(embedded.path), AutoModelForCausalLM.from_pretrained(out)
-    margins = []
-    for r in rows:
-        c = _logp(pol, tok, r["prompt"], r["chosen"]) - _logp(ref, tok, r["prompt"], r["chosen"])
-        j = _logp(pol, tok, r["prompt"], r["rejected"]) - _logp(ref, tok, r["prompt"], r["rejected"])
-        margins.append(0.1 * (c - j))
+    margins = _implicit_margins(pol, ref, tok, rows)
     print("DPO on the embedded model, implicit reward margins:", [round(m, 3) for m in margins])
     assert all(m > 0.5 for m in margins), margins  # ~4.7 each after 6 steps at lr 1e-3
