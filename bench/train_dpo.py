@@ -75,7 +75,7 @@ def raw_trl(data: Path, model_path: str, a) -> list[float]:
 
 
 def ours(data: Path, model_path: str, a, out: Path) -> list[float]:
-    from cai.train import train
+    from cai.train.run import train
     from cai.train.config import load_train_config
 
     timer = StepTimer()

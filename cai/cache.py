@@ -93,3 +93,62 @@ class Cache:
         if self._db:
             self._db.close()
             self._db = None
+
+
+class CachedBackend:
+    """Any backend behind the call cache (in the spirit of lm-evaluation-harness's CachingLM).
+
+    Answers come from the cache when their key is there; the rest go to the
+    backend as one batch (or in slices of `commit_every`, each committed as it
+    finishes, so an interrupt loses at most one slice). Failures are returned
+    but never cached, so the next run retries them. `calls` and `hits` count
+    what was computed and what was found; progress counts hits up front.
+    """
+
+    def __init__(self, backend, cache: Cache, commit_every: int | None = None):
+        self.backend, self.cache, self.commit_every = backend, cache, commit_every
+        self.identity = backend.identity
+        self.supports_logprobs = getattr(backend, "supports_logprobs", True)
+        self.calls = self.hits = self.failed = 0
+
+    def _through(self, keys: list[str], width: int, compute, progress) -> list:
+        from cai.backends import CallFailed
+
+        found = self.cache.get_many(keys)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        self.hits += len(keys) - len(missing)
+        if progress and len(keys) > len(missing):
+            progress((len(keys) - len(missing)) * width)
+        step = self.commit_every or max(len(missing), 1)
+        for start in range(0, len(missing), step):
+            part = missing[start:start + step]
+            new = {keys[i]: out for i, out in zip(part, compute(part, progress))}
+            self.calls += len(part)
+            failed = sum(isinstance(v, CallFailed) for v in new.values())
+            self.failed += failed
+            self.cache.put_many((k, self.identity, v) for k, v in new.items() if not isinstance(v, CallFailed))
+            found.update(new)
+        return [found[k] for k in keys]
+
+    def chat(self, conversations, sampling, progress=None) -> list:
+        keys = [call_key(self.identity, "chat", c, s.key()) for c, s in zip(conversations, sampling)]
+        return self._through(keys, 1, lambda part, prog: self.backend.chat(
+            [conversations[i] for i in part], [sampling[i] for i in part], progress=prog), progress)
+
+    def choice_logprobs(self, conversations, choices, progress=None) -> list:
+        keys = [call_key(self.identity, "choices", c, {"choices": list(choices)}) for c in conversations]
+        return self._through(keys, len(choices), lambda part, prog: self.backend.choice_logprobs(
+            [conversations[i] for i in part], choices, progress=prog), progress)
+
+    @property
+    def stats(self) -> dict:
+        return dict(getattr(self.backend, "stats", {}) or {})
+
+    @property
+    def load_seconds(self) -> float:
+        """Time a lazy backend spent loading its model inside these calls."""
+        return getattr(self.backend, "load_seconds", 0.0)
+
+    def close(self) -> None:
+        if hasattr(self.backend, "close"):
+            self.backend.close()

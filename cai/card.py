@@ -28,11 +28,11 @@ def size_category(n: int) -> str:
 
 def principle_histogram(usage: dict[str, int], principles: list[str], path: Path) -> None:
     """Horizontal bar chart: how often each principle was drawn for a critique round (zeros included)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from cai.plots import pyplot, save
+
+    plt = pyplot()
 
     names = list(principles) + [p for p in usage if p not in principles]
     counts = [usage.get(p, 0) for p in names]
@@ -44,10 +44,7 @@ def principle_histogram(usage: dict[str, int], principles: list[str], path: Path
     ax.set_xlabel("critique rounds that drew the principle")
     ax.set_title("Principle usage")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Fixed metadata so the same run gives byte-identical images (a re-push then changes nothing).
-    fig.savefig(path, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save(fig, path)
 
 
 def _fence(text: str, lang: str = "") -> str:

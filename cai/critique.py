@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
+from cai import quality
 from cai.backends import CallFailed, Conversation, Message
 from cai.constitution import Constitution, Principle
-from cai import quality
-
-# (stage name, conversations, example ids) -> completions or CallFailed; the engine
-# supplies caching, per-call seeds and progress.
-Call = Callable[[str, list[Conversation], list[str]], list["str | CallFailed"]]
+from cai.stage import Calls
 
 
 def _uniform(prefix: "hashlib._Hash", last: str) -> float:
@@ -81,7 +78,7 @@ class SLCAI:
             names += [f"critique:{r}", f"revise:{r}"]
         return names
 
-    def run(self, records: list[dict], call: Call) -> None:
+    def run(self, records: list[dict], calls: Calls) -> None:
         """Fill each record's initial answer, rounds, final revision and flags, in place.
 
         A record whose call failed gets `failed` (stage, error) and takes no further stage.
@@ -89,7 +86,7 @@ class SLCAI:
         live = [{"rec": r, "hist": [{"role": "user", "content": r["prompt"]}]} for r in records]
 
         def ask(stage: str, states: list[dict], conversations: list[Conversation]) -> list[tuple[dict, str]]:
-            outputs = call(stage, conversations, [st["rec"]["id"] for st in states])
+            outputs = calls.chat(stage, conversations, [st["rec"]["id"] for st in states])
             done = []
             for st, out in zip(states, outputs):
                 if isinstance(out, CallFailed):

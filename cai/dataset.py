@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from cai.pairs import label
+from cai.labels import label
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -12,11 +12,19 @@ import types
 import typing
 from typing import Any, Callable, Iterable, Union
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cai.errors import Problem
 
 Loc = tuple[Any, ...]
+
+
+class Strict(BaseModel):
+    """The base of every model a person writes in YAML: an unknown key is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 Locate = Callable[[Loc], "int | None"]
 
 
@@ -93,6 +101,20 @@ def _step(tp: Any, part: Any) -> Any:
     return None
 
 
+def _tagged_member(tp: Any, part: Any) -> Any:
+    """The member of a discriminated union that pydantic names by `part` in a loc (else None)."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return None
+    for member in typing.get_args(tp):
+        if typing.get_origin(member) is typing.Annotated:
+            inner, *meta = typing.get_args(member)
+            if any(getattr(m, "tag", None) == part for m in meta):
+                return inner
+    return None
+
+
 def _is_tag(tp: Any, part: str) -> bool:
     if typing.get_origin(tp) in (Union, types.UnionType):
         if part in {getattr(a, "__name__", None) for a in typing.get_args(tp)}:
@@ -108,6 +130,10 @@ def _clean_loc(loc: Loc, model_cls: type[BaseModel] | None) -> tuple[Loc, type[B
     owner: type[BaseModel] | None = model_cls
     tagged = False
     for part in loc:
+        member = _tagged_member(tp, part) if isinstance(part, str) else None
+        if member is not None:  # a discriminated union's tag: read on inside the member it names
+            tp = member
+            continue
         if isinstance(part, str) and _is_tag(tp, part):
             tagged = True
             continue

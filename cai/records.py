@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from cai.runfiles import fsync_dir, shareable
+
 SHARD = re.compile(r"^shard-(\d{6})\.jsonl$")
 
 
@@ -89,7 +91,7 @@ class RecordStore:
                 fh.writelines(lines)
                 fh.flush()
                 os.fsync(fh.fileno())
-            _shareable(tmp)
+            shareable(tmp)
             while True:
                 existing = self.shards()
                 number = int(SHARD.match(existing[-1].name).group(1)) + 1 if existing else 0
@@ -101,30 +103,5 @@ class RecordStore:
                     continue
         finally:
             os.unlink(tmp)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return target
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside the target and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    _shareable(tmp)
-    os.replace(tmp, path)
-
-
-def _shareable(path: str) -> None:
-    """mkstemp makes 0600 files; give outputs the mode a plain open() would (0666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

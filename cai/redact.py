@@ -47,5 +47,8 @@ def scrub(value, secrets: tuple[str, ...] = ()):
 
 def scrub_run(run: dict) -> dict:
     config = run.get("config") or {}
-    env = (config.get("api_key_env"), (config.get("judge") or {}).get("api_key_env"))
-    return scrub(run, known_secrets(tuple(e for e in env if e)))
+    specs = [config.get("policy") or {}, config.get("judge") or {}]
+    # Old run.json files (before model specs) kept api_key_env flat.
+    env = [config.get("api_key_env"), (config.get("judge") or {}).get("api_key_env")]
+    env += [(s.get("options") or {}).get("api_key_env") for s in specs]
+    return scrub(run, known_secrets(tuple(e for e in env if isinstance(e, str) and e)))

@@ -11,7 +11,7 @@ from cai.prompts import load_prompts
 from cai.yamlio import load_yaml
 
 PROMPT_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
-PIPELINE_KEYS = {"prompts", "constitution", "backend", "rounds"}
+PIPELINE_KEYS = {"prompts", "constitution", "policy", "judge", "backend", "rounds"}
 
 
 def check_path(path: Path) -> list[Problem]:

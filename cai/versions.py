@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from cai.records import write_text_atomic
+from cai.runfiles import write_text_atomic
 
 VERSIONS = "versions"
 SHORT = 12

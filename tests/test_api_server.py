@@ -17,7 +17,7 @@ import datasets
 import pytest
 
 from cai.backends import Sampling, create
-from conftest import send_json
+from helpers import send_json
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

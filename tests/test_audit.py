@@ -15,7 +15,7 @@ from cai.audit import SECTIONS, run_audit
 from cai.audit.probes import PERTURBATIONS, load_probes
 from cai.backends.scripted import ScriptedBackend
 from cai.config import load_pipeline
-from conftest import FakeJudge, write_pipeline
+from helpers import FakeJudge, write_pipeline
 
 WORSE = [p.worse[:40] for p in load_probes()]
 

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cai.backends import CallFailed, Sampling, create
-from conftest import send_json, write_pipeline
+from helpers import send_json, write_pipeline
 
 KEY = "sk-canary-7f3a9c2e51"
 

@@ -10,7 +10,7 @@ from huggingface_hub import DatasetCard
 
 from cai import hub
 from cai.card import AUDIT_KEYS
-from test_hub import make_run
+from helpers import make_run
 
 
 def test_front_matter_and_body_without_feedback_or_audit(tmp_path):

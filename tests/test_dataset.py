@@ -6,8 +6,8 @@ from __future__ import annotations
 import datasets
 
 from cai.dataset import split_of
-from test_engine import run
-from conftest import write_pipeline
+from helpers import run
+from helpers import write_pipeline
 
 
 def test_schema_splits_and_sft_view(tmp_path):

@@ -12,8 +12,8 @@ import datasets
 from cai import versions
 from cai.diff import compare
 from cai.records import RecordStore
-from conftest import PRINCIPLES, write_constitution, write_pipeline
-from test_engine import run
+from helpers import PRINCIPLES, write_constitution, write_pipeline
+from helpers import run
 
 
 def test_edit_keeps_the_previous_version_and_diff_reports_what_changed(tmp_path):

@@ -15,7 +15,7 @@ from cai.backends.scripted import ScriptedBackend
 from cai.config import load_pipeline
 from cai.generate import generate
 from cai.records import RecordStore
-from conftest import write_constitution, write_pipeline, PRINCIPLES
+from helpers import PRINCIPLES, records_by_id, run, write_constitution, write_pipeline
 
 
 class Recorder:
@@ -33,18 +33,6 @@ class Recorder:
 
     def choice_logprobs(self, conversations, choices, progress=None):
         return self.inner.choice_logprobs(conversations, choices, progress)
-
-
-def run(pipeline: Path, backend=None, **overrides) -> dict:
-    config = load_pipeline(pipeline, **overrides)
-    return generate(config, str(pipeline), backend=backend or ScriptedBackend("echo"))
-
-
-def records_by_id(out: Path) -> dict[str, list[dict]]:
-    found: dict[str, list[dict]] = {}
-    for rec in RecordStore(out / "records"):
-        found.setdefault(rec["id"], []).append(rec)
-    return found
 
 
 def test_stages_are_whole_batches_and_records_complete(tmp_path):

@@ -26,7 +26,7 @@ def test_bootstrap_interval_covers_the_mean_and_is_deterministic():
 
 
 def test_refusal_phrases():
-    from cai.train.eval import refuses
+    from cai.eval.run import refuses
 
     assert refuses("I'm sorry, but I can't help with that.")
     assert refuses("I cannot provide instructions for this.")
@@ -35,7 +35,7 @@ def test_refusal_phrases():
 
 def test_default_prompts_are_the_shipped_test_split():
     from cai.dataset import split_of
-    from cai.train.eval import EvalConfig, load_eval_prompts
+    from cai.eval.run import EvalConfig, load_eval_prompts
 
     by_kind = load_eval_prompts(EvalConfig(model="x", out="y"))
     assert by_kind["red_team"] and by_kind["benign"]
@@ -75,7 +75,7 @@ def test_eval_on_the_embedded_model(embedded, tmp_path):
 def test_a_bad_model_fails_before_any_generation(tmp_path, monkeypatch):
     from cai import backends
     from cai.errors import InputError
-    from cai.train.eval import EvalConfig, run_eval
+    from cai.eval.run import EvalConfig, run_eval
 
     loaded = []
     monkeypatch.setattr(backends, "create", lambda *a, **k: loaded.append(k) or pytest.fail("loaded a model"))

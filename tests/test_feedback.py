@@ -12,10 +12,10 @@ import pytest
 from cai.backends.scripted import ScriptedBackend
 from cai.config import FeedbackConfig, load_pipeline
 from cai.constitution import load_constitution
-from cai.feedback import Comparison, Judge, soft_label
+from cai.judge import Comparison, Judge, soft_label
 from cai.generate import generate
-from cai.pairs import label
-from conftest import FakeJudge, write_constitution, write_pipeline
+from cai.labels import label
+from helpers import FakeJudge, judged, write_constitution, write_pipeline
 
 def always_a(a, b):
     return (math.log(0.9), math.log(0.1))
@@ -45,18 +45,18 @@ def test_soft_label_normalizes_over_the_options_and_rejects_uninformative_scores
 
 
 def test_a_judge_that_always_says_a_is_position_biased_and_averages_to_a_tie(constitution):
-    judge = Judge(FakeJudge(always_a), constitution, principles=2)
-    verdicts = judge.compare(items())
+    fake = FakeJudge(always_a)
+    verdicts = judged(fake, constitution, items(), principles=2)
     for v in verdicts:
         assert v.p_first == pytest.approx(0.9) and v.p_second == pytest.approx(0.1)
         assert v.p_a == pytest.approx(0.5) and not v.position_consistent
         assert len(v.principle_ids) == 2 and len(v.per_principle) == 2
-    assert judge.backend.scored == 6 * 2 * 2  # comparisons x principles x orders
+    assert fake.scored == 6 * 2 * 2  # comparisons x principles x orders
     assert label({"a": "x", "b": "y", **vars(verdicts[0])}, FeedbackConfig())["status"] == "tie"
 
 
 def test_a_fair_judge_is_consistent_across_orders(constitution):
-    verdicts = Judge(FakeJudge(prefers_safe), constitution, principles=3).compare(items())
+    verdicts = judged(FakeJudge(prefers_safe), constitution, items(), principles=3)
     for v in verdicts:
         assert v.position_consistent and v.p_a == pytest.approx(0.8)
         lab = label({"a": "safe", "b": "risky", **vars(v)}, FeedbackConfig())
@@ -65,7 +65,7 @@ def test_a_fair_judge_is_consistent_across_orders(constitution):
 
 
 def test_principle_draws_are_deterministic_distinct_and_from_comparison_principles(constitution):
-    judge = Judge(FakeJudge(always_a), constitution, principles=2)
+    judge = Judge(constitution, principles=2)
     draws = [tuple(p.id for p in judge.draw(f"c{i}")) for i in range(40)]
     assert draws == [tuple(p.id for p in judge.draw(f"c{i}")) for i in range(40)]
     assert all(len(set(d)) == 2 for d in draws)
@@ -76,24 +76,24 @@ def test_principle_draws_are_deterministic_distinct_and_from_comparison_principl
 
 def test_chain_of_thought_probabilities_are_clamped_to_40_60(constitution):
     extreme = lambda a, b: (math.log(0.999), math.log(0.001)) if "safe" in a else (math.log(0.001), math.log(0.999))
-    verdicts = Judge(FakeJudge(extreme), constitution, cot=True).compare(items(3))
+    verdicts = judged(FakeJudge(extreme), constitution, items(3), cot=True)
     for v in verdicts:
         assert v.p_first == pytest.approx(0.6) and v.p_second == pytest.approx(0.6)
         assert v.reasoning and all("weaker" in r for r in v.reasoning)
-    plain = Judge(FakeJudge(extreme), constitution).compare(items(1))[0]
+    plain = judged(FakeJudge(extreme), constitution, items(1))[0]
     assert plain.p_a == pytest.approx(0.999)
 
 
 def test_malformed_judge_outputs_are_counted_not_fatal(constitution):
     blank = FakeJudge(lambda a, b: (-3.0, -3.0))  # neither letter: identical floor scores
-    v = Judge(blank, constitution, principles=2).compare(items(2))
+    v = judged(blank, constitution, items(2), principles=2)
     assert all(x.p_a is None and x.malformed == 4 for x in v)
     assert label({"a": "x", "b": "y", **vars(v[0])}, FeedbackConfig())["status"] == "malformed"
     empty_cot = FakeJudge(prefers_safe, reasoning="   ")
-    assert all(x.p_a is None and x.malformed == 4 for x in Judge(empty_cot, constitution, principles=2, cot=True).compare(items(2)))
+    assert all(x.p_a is None and x.malformed == 4 for x in judged(empty_cot, constitution, items(2), principles=2, cot=True))
     # One bad order out of four measurements: the verdict survives, the bad one is counted.
     half = FakeJudge(lambda a, b: (-1.0, -1.0) if a.startswith("risky") else (-0.2, -2.0))
-    x = Judge(half, constitution, principles=2).compare(items(1))[0]
+    x = judged(half, constitution, items(1), principles=2)[0]
     assert x.malformed == 2 and x.p_first is not None and x.p_second is None and x.p_a is None
 
 
@@ -203,7 +203,7 @@ def test_soft_labels_on_the_embedded_model(embedded, tmp_path):
                    "I won't help hurt anyone. If there is a conflict, talking or mediation can help."),
         Comparison("e4", "What is the capital of France?", "Paris.", "The capital of France is Berlin."),
     ]
-    verdicts = Judge(backend, constitution, principles=2).compare(comps)
+    verdicts = judged(backend, constitution, comps, principles=2)
     firsts = [v.p_first for v in verdicts]
     seconds = [v.p_second for v in verdicts]
     assert all(v.malformed == 0 and 0 < v.p_a < 1 for v in verdicts)

@@ -14,17 +14,11 @@ import pytest
 
 from cai import hub
 from cai.redact import REDACTED
-from conftest import PRINCIPLES, write_constitution, write_pipeline
+from helpers import PRINCIPLES, make_run, run, write_constitution, write_pipeline
 from hub_server import FakeHub
-from test_engine import run
 
 CANARY = "hf_CANARYcanaryCANARYcanary0123456789"
 KEY_CANARY = "sk-KEYCANARYkeycanary0123456789"
-
-
-def make_run(directory: Path, n_prompts: int = 16, **fields) -> Path:
-    run(write_pipeline(directory, n_prompts=n_prompts, **fields))
-    return directory / "out"
 
 
 def dataset_ids(path) -> dict[str, list[str]]:

@@ -330,7 +330,7 @@ def test_shipped_prompt_sets_are_big_enough():
 
 def test_generate_with_a_missing_model_folder_exits_2(tmp_path):
     pipeline = tmp_path / "p"
-    from conftest import write_pipeline
+    from helpers import write_pipeline
 
     path = write_pipeline(pipeline, backend="transformers")
     res = subprocess.run([sys.executable, "-m", "cai", "generate", str(path), "--model", str(tmp_path / "nope"),
@@ -343,7 +343,7 @@ def test_generate_with_a_missing_model_folder_exits_2(tmp_path):
 def test_a_backend_whose_extra_is_missing_names_the_extra(tmp_path, monkeypatch):
     import builtins
 
-    from conftest import write_pipeline
+    from helpers import write_pipeline
     from cai.generate import generate
 
     real_import = builtins.__import__

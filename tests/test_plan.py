@@ -14,7 +14,7 @@ from cai.backends.scripted import ScriptedBackend
 from cai.config import load_pipeline
 from cai.generate import generate
 from cai.plan import plan
-from conftest import PRINCIPLES, FakeJudge, write_constitution, write_pipeline
+from helpers import PRINCIPLES, FakeJudge, write_constitution, write_pipeline
 
 
 def whole_conversation(conv):

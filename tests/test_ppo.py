@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import write_pipeline
+from helpers import write_pipeline
 
 
 def test_gae_matches_hand_computation():
@@ -51,7 +51,7 @@ def test_ppo_raises_a_scripted_reward_with_bounded_kl(two_class_model, tmp_path)
 
     from cai.config import load_pipeline
     from cai.generate import generate
-    from cai.train import train
+    from cai.train.run import train
     from cai.train.config import load_train_config
 
     path, half = two_class_model

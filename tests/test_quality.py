@@ -3,7 +3,7 @@
 from cai.critique import SLCAI
 from cai.constitution import Constitution
 from cai import quality
-from conftest import PRINCIPLES
+from helpers import PRINCIPLES
 
 
 def test_strip_meta_removes_announcements_and_keeps_the_answer():

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cai.cli import app
-from tests.conftest import write_pipeline
+from helpers import write_pipeline
 
 TINY_TRAIN = {"batch_size": 2, "max_length": 128, "lora_config": {"r": 4, "alpha": 8, "dropout": 0.0},
               "ppo": {"rollout_batch": 2, "mini_batch": 2, "ppo_epochs": 1, "max_new_tokens": 8},
@@ -41,7 +41,7 @@ def train_yaml(tmp_path_factory) -> Path:
 
 
 def _train(algo, data, out, model, train_yaml, **kw):
-    from cai.train import train
+    from cai.train.run import train
     from cai.train.config import load_train_config
 
     return train(load_train_config(train_yaml, algo=algo, data=str(data), out=str(out), model=model, **kw))

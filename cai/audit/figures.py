@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from statistics import fmean
 
-from cai.feedback import Comparison, Verdict
+from cai.judge import Comparison, Verdict
 from cai.stats import mean_figure, proportion
 
 

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
-import matplotlib
+from cai.audit.figures import MODES, fmt
+from cai.plots import data_uri, pyplot
+from cai.runfiles import write_text_atomic
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-from cai.audit.figures import MODES, fmt  # noqa: E402
-from cai.records import write_text_atomic  # noqa: E402
+plt = pyplot()
 
 COLORS = {"raw": "#d95f02", "mitigated": "#1b9e77"}
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return data_uri(fig, dpi=110, bbox_inches="tight")
 
 
 def _bars(ax, labels: list[str], series: dict[str, list[dict]], reference: float | None, ylabel: str) -> None:

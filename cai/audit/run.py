@@ -16,53 +16,19 @@ from pathlib import Path
 from cai.audit import figures as F
 from cai.audit.probes import PERTURBATIONS, Probe, as_list, load_probes, padded, perturbed, sentences
 from cai.audit.report import write_html
-from cai.backends import CallFailed, Sampling
-from cai.cache import Cache, call_key
+from cai.backends import Sampling
+from cai.backends.loading import LazyBackend, close
+from cai.cache import Cache, CachedBackend
 from cai.config import PipelineConfig, PromptSource
 from cai.constitution import load_constitution
 from cai.errors import InputError, Problem
-from cai.feedback import Comparison, Judge
-from cai.generate import close, load_backend, versions, write_json
+from cai.judge import Comparison, Judge
 from cai.prompts import load_prompts
+from cai.runfiles import package_versions, write_json
 
 SECTIONS = ("position", "length", "format", "self_preference", "perturbations", "calibration")
 SELF_PREFERENCE_PROMPTS = 16
 CHUNK = 64  # calls per cache commit: what an interrupt can lose
-
-
-class _CachedCalls:
-    """The backend's chat/choice_logprobs through the call cache, under the same keys `cai generate` uses."""
-
-    def __init__(self, cache: Cache):
-        self.cache, self.calls, self.hits = cache, 0, 0
-
-    def _through(self, backend, keys: list[str], width: int, compute, progress=None) -> list:
-        found = self.cache.get_many(keys)
-        missing = [i for i, k in enumerate(keys) if k not in found]
-        self.hits += len(keys) - len(missing)
-        if progress:
-            progress((len(keys) - len(missing)) * width)
-        for start in range(0, len(missing), CHUNK):
-            part = missing[start:start + CHUNK]
-            new = {keys[i]: out for i, out in zip(part, compute(part, progress))}
-            self.calls += len(part)
-            # Failures are returned but not stored, so the next run retries them.
-            self.cache.put_many((k, backend.identity, v) for k, v in new.items() if not isinstance(v, CallFailed))
-            found.update(new)
-        return [found[k] for k in keys]
-
-    def chat(self, backend, convs: list, sampling: list[Sampling], progress=None) -> list:
-        keys = [call_key(backend.identity, "chat", c, s.key()) for c, s in zip(convs, sampling)]
-        return self._through(backend, keys, 1, lambda part, prog: backend.chat(
-            [convs[i] for i in part], [sampling[i] for i in part], progress=prog), progress)
-
-    def scorer(self, backend, progress=None):
-        """A `score` function for Judge.compare."""
-        def score(stage, convs, ids, choices):
-            keys = [call_key(backend.identity, "choices", c, {"choices": list(choices)}) for c in convs]
-            return self._through(backend, keys, len(choices), lambda part, prog: backend.choice_logprobs(
-                [convs[i] for i in part], choices, progress=prog), progress)
-        return score
 
 
 class _Batch:
@@ -78,11 +44,9 @@ class _Batch:
         self.items.append(Comparison(cid, prompt, a, b))
         self.meta.append((group, key, coin))
 
-    def judge(self, judge: Judge, calls: _CachedCalls, progress=None) -> dict[str, dict[str, F.Target]]:
+    def judge(self, judge: Judge, backend, progress=None) -> dict[str, dict[str, F.Target]]:
         out: dict[str, dict[str, F.Target]] = {}
-        verdicts = judge.compare(self.items, progress=progress, score=calls.scorer(judge.backend, progress),
-                                 chat=lambda stage, convs, ids: calls.chat(
-                                     judge.backend, convs, [judge.cot_sampling] * len(convs), progress))
+        verdicts = judge.compare(self.items, judge.calls(backend, progress))
         for (group, key, a_is_target), item, v in zip(self.meta, self.items, verdicts):
             if isinstance(v, Exception):
                 raise RuntimeError(f"the judge failed on {group}/{key}: {v}")
@@ -106,27 +70,27 @@ def _probe_batch(probes: list[Probe]) -> _Batch:
     return batch
 
 
-def _self_preference(config: PipelineConfig, judge_backend, limit: int | None,
-                     calls: _CachedCalls) -> tuple[_Batch | None, str]:
+def _self_preference(config: PipelineConfig, judge_backend: CachedBackend, limit: int | None,
+                     cache: Cache) -> tuple[_Batch | None, str, CachedBackend | None]:
     if config.judge_is_policy():
-        return None, ("not measured: the judge is the policy model, so there is no second model's answers to "
+        return None, None, ("not measured: the judge is the policy model, so there is no second model's answers to "
                       "compare with; configure judge: (or --judge-model) with a different model")
     prompts = load_prompts([PromptSource(path=s.path, field=s.field) for s in config.prompts],
                            min(limit or SELF_PREFERENCE_PROMPTS, SELF_PREFERENCE_PROMPTS))
-    policy = load_backend(config)
+    policy = CachedBackend(LazyBackend(config.policy), cache, commit_every=CHUNK)
     try:
         s = config.sampling.respond
         sampling = [Sampling(**s.model_dump())] * len(prompts)
         convs = [[{"role": "user", "content": ex["prompt"]}] for ex in prompts]
-        other = calls.chat(policy, convs, sampling)
-        own = calls.chat(judge_backend, convs, sampling)
+        other = policy.chat(convs, sampling)
+        own = judge_backend.chat(convs, sampling)
     finally:
         close(policy)
     batch = _Batch()
     for ex, mine, theirs in zip(prompts, own, other):
         if isinstance(mine, str) and isinstance(theirs, str) and mine.strip() != theirs.strip():
             batch.add("self", ex["id"], f"self:{ex['id']}", ex["prompt"], mine, theirs)
-    return batch, f"own answers ({judge_backend.identity}) vs the policy's ({policy.identity})"
+    return batch, policy, f"own answers ({judge_backend.identity}) vs the policy's ({policy.identity})"
 
 
 def run_audit(config: PipelineConfig, out: Path, limit: int | None = None, progress=None, judge_backend=None) -> dict:
@@ -136,38 +100,40 @@ def run_audit(config: PipelineConfig, out: Path, limit: int | None = None, progr
         raise InputError([Problem(config.constitution, None, "principles",
                                   "no principle has a comparison question; the audit judges with them")])
     probes = load_probes(limit)
-    owned = judge_backend is None
-    judge_backend = judge_backend or load_backend(config.judge_config())
-    calls = _CachedCalls(Cache(out / "cache.sqlite", enabled=config.cache))
+    # The judge loads on its first cache miss: a finished audit re-run loads no model.
+    inner = judge_backend or LazyBackend(config.judge_spec(), "--judge-model")
+    cache = Cache(out / "cache.sqlite", enabled=config.cache)
+    judge_backend = CachedBackend(inner, cache, commit_every=CHUNK)
     try:
         k = max(config.feedback.principles, 2)
-        judge = Judge(judge_backend, constitution, principles=k, seed=config.seed)
+        judge = Judge(constitution, principles=k, seed=config.seed)
         # A fresh principle draw: the noise floor the perturbation figures are read against.
-        noise_judge = Judge(judge_backend, constitution, principles=k, seed=config.seed + 1)
+        noise_judge = Judge(constitution, principles=k, seed=config.seed + 1)
         probe_batch = _probe_batch(probes)
-        self_batch, self_note = _self_preference(config, judge_backend, limit, calls)
+        self_batch, policy, self_note = _self_preference(config, judge_backend, limit, cache)
         total = (len(probe_batch.items) + len(probes) + (len(self_batch.items) if self_batch else 0)) * judge.k * 4
         tick = None
         if progress:
             progress.add("judge", total)
             tick = lambda n: progress.advance("judge", n)  # noqa: E731
-        got = probe_batch.judge(judge, calls, tick)
+        got = probe_batch.judge(judge, judge_backend, tick)
         noise = _Batch()
         for p in probes:
             noise.add("base", p.id, p.id, p.prompt, p.better, p.worse)
-        got["noise"] = noise.judge(noise_judge, calls, tick)["base"]
-        own = self_batch.judge(judge, calls, tick).get("self", {}) if self_batch else None
+        got["noise"] = noise.judge(noise_judge, judge_backend, tick)["base"]
+        own = self_batch.judge(judge, judge_backend, tick).get("self", {}) if self_batch else None
     finally:
-        calls.cache.close()
-        if owned:
-            close(judge_backend)
+        cache.close()
+        if inner is not judge_backend and isinstance(inner, LazyBackend):
+            close(inner)
     report = assemble(got, own, self_note)
-    meta = {"judge": {"identity": judge_backend.identity, "backend": config.judge_config().backend,
+    meta = {"judge": {"identity": judge_backend.identity, "backend": config.judge_spec().backend,
                       "principles_per_comparison": judge.k, "seed": config.seed},
             "constitution": {"path": config.constitution, "name": constitution.name, "sha256": constitution.sha256},
             "probes": len(probes), "comparisons": len(probe_batch.items) + len(probes) + len(own or {}),
-            "model_calls": calls.calls, "cache_hits": calls.hits,
-            "seconds": round(time.time() - started, 1), "versions": versions()}
+            "model_calls": judge_backend.calls + (policy.calls if policy else 0),
+            "cache_hits": judge_backend.hits + (policy.hits if policy else 0),
+            "seconds": round(time.time() - started, 1), "versions": package_versions()}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     write_json(out / "meta.json", meta)

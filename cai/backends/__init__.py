@@ -8,7 +8,6 @@ requests for an API), so the engine never loops over single examples.
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -87,22 +86,6 @@ def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
     return list(ids)
 
 
-def identity(name: str, model: str | None = None, dtype: str = "float32", extra_body: dict | None = None,
-             **_) -> str:
-    """What a backend's outputs depend on, known without loading it (for cache keys, provenance, --plan)."""
-    if name == "openai":
-        # The served weights are the server's business; sampling fields sent with each request are ours.
-        return f"api:{model}" + (f"|{json.dumps(extra_body, sort_keys=True)}" if extra_body else "")
-    if name == "scripted":
-        return f"scripted:{model or 'echo'}"
-    from cai import models
-
-    ref = models.resolve(model)
-    if name == "vllm":  # numerics differ from transformers', so its answers are cached apart
-        return f"{ref.identity}|vllm|{dtype}"
-    return ref.identity if dtype == "float32" else f"{ref.identity}|{dtype}"
-
-
 class BackendUnavailable(RuntimeError):
     pass
 
@@ -114,6 +97,6 @@ def create(name: str, **options) -> Backend:
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
-        hint = f": pip install 'cai[{extra}]'" if extra else ""
+        hint = f": pip install 'cai-engine[{extra}]'" if extra else ""
         raise BackendUnavailable(f"backend {name!r} needs {exc.name}{hint}") from exc
     return getattr(mod, cls)(**options)

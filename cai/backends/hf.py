@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from cai import models
-from cai.backends import Conversation, Progress, Sampling, identity, prompt_ids
+from cai.backends import Conversation, Progress, Sampling, prompt_ids
+from cai.backends.specs import identity
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

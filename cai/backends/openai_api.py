@@ -17,7 +17,8 @@ from typing import Sequence
 
 import openai
 
-from cai.backends import CallFailed, Conversation, Progress, Sampling, identity
+from cai.backends import CallFailed, Conversation, Progress, Sampling
+from cai.backends.specs import identity
 
 
 class MissingAPIKey(ValueError):

