@@ -107,7 +107,10 @@ def _tagged_member(tp: Any, part: Any) -> Any:
         tp = typing.get_args(tp)[0]
     if typing.get_origin(tp) not in (Union, types.UnionType):
         return None
-    for member in typing.get_args(tp):
+    members = [m for m in typing.get_args(tp) if m is not type(None)]
+    if len(members) == 1:  # Optional[...]: look inside
+        return _tagged_member(members[0], part)
+    for member in members:
         if typing.get_origin(member) is typing.Annotated:
             inner, *meta = typing.get_args(member)
             if any(getattr(m, "tag", None) == part for m in meta):

@@ -212,7 +212,7 @@ def test_cli_exits_1_and_says_how_to_retry_when_calls_fail(tmp_path, monkeypatch
 
     pipeline = write_pipeline(tmp_path, n_prompts=4)
     flaky = Flaky(ScriptedBackend("echo"), {1}, lambda conv: len(conv) == 1)
-    monkeypatch.setattr(gen, "load_backend", lambda config, **kw: flaky)
+    monkeypatch.setattr(gen, "LazyBackend", lambda spec, flag="--model": flaky)
     result = CliRunner().invoke(cli.app, ["generate", str(pipeline)])
     assert result.exit_code == 1
     err = result.stderr + capsys.readouterr().err

@@ -67,8 +67,10 @@ def test_two_upload_folders_with_one_name_load_their_own_rows(tmp_path):
 
 def test_run_json_is_scrubbed_and_no_written_file_holds_a_secret(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", CANARY)
-    out = make_run(tmp_path / "r", extra_body={"api_key": KEY_CANARY, "headers": {"Authorization": f"Bearer {KEY_CANARY}"},
-                                               "note": f"token {CANARY} pasted by mistake"})
+    extra_body = {"api_key": KEY_CANARY, "headers": {"Authorization": f"Bearer {KEY_CANARY}"},
+                  "note": f"token {CANARY} pasted by mistake"}
+    # A judge spec that is never loaded (no --feedback), but its options are in run.json's config.
+    out = make_run(tmp_path / "r", judge={"backend": "openai", "model": "m", "options": {"extra_body": extra_body}})
     # The run's own run.json is scrubbed when written, and the pushed copy again.
     assert KEY_CANARY not in (out / "run.json").read_text() and CANARY not in (out / "run.json").read_text()
     files = hub.dry_run(out, tmp_path / "up", "org/name")
@@ -76,8 +78,8 @@ def test_run_json_is_scrubbed_and_no_written_file_holds_a_secret(tmp_path, monke
         data = (tmp_path / "up" / f).read_bytes()
         assert CANARY.encode() not in data and KEY_CANARY.encode() not in data, f
     scrubbed = json.loads((tmp_path / "up" / "run.json").read_text())
-    assert scrubbed["config"]["extra_body"]["api_key"] == REDACTED
-    assert scrubbed["config"]["api_key_env"] == "OPENAI_API_KEY"  # a variable's name is not a secret
+    assert scrubbed["config"]["judge"]["options"]["extra_body"]["api_key"] == REDACTED
+    assert scrubbed["config"]["judge"]["options"]["api_key_env"] == "OPENAI_API_KEY"  # a variable's name is not a secret
     assert scrubbed["config"]["sampling"]["respond"]["max_new_tokens"] > 0  # `*_tokens` keys survive
 
 

@@ -57,7 +57,7 @@ def pipeline(directory: Path, name: str = "p.yaml", **fields: str | None) -> tup
     if not (directory / "c.yaml").exists():
         write(directory / "c.yaml", CONSTITUTION)
         jsonl(directory / "a.jsonl", {"id": "a1", "prompt": "Hello?"}, {"id": "a2", "prompt": "Why?"})
-    values = {"name": "t", "constitution": "c.yaml", "backend": "scripted", "prompts": "[a.jsonl]",
+    values = {"name": "t", "constitution": "c.yaml", "policy": "{backend: scripted}", "prompts": "[a.jsonl]",
               "rounds": "1", **fields}
     text = "".join(f"{k}: {v}\n" for k, v in values.items() if v is not None)
     return write(directory / name, text), text
@@ -91,7 +91,7 @@ def test_valid_pipeline_loads_with_bare_string_prompts(tmp_path):
     path, _ = pipeline(tmp_path, prompts="a.jsonl")
     config = load_pipeline(path)
     assert [s.path for s in config.prompts] == [str(tmp_path / "a.jsonl")]
-    assert config.backend == "scripted" and config.rounds == 1
+    assert config.policy.backend == "scripted" and config.rounds == 1
     path, _ = pipeline(tmp_path, name="q.yaml", prompts="[a.jsonl, {path: a.jsonl, category: misc}]")
     sources = load_pipeline(path).prompts
     assert [s.path for s in sources] == [str(tmp_path / "a.jsonl")] * 2
@@ -102,9 +102,16 @@ def test_valid_pipeline_loads_with_bare_string_prompts(tmp_path):
     ({"rouds": "2"}, "rouds:", "rouds", "unknown key 'rouds' (did you mean 'rounds'?)"),
     ({"rounds": "many"}, "rounds:", "rounds", "expected an integer, got string 'many'"),
     ({"rounds": "0"}, "rounds:", "rounds", "must be at least 1"),
-    ({"batch_size": "-1"}, "batch_size:", "batch_size", "must be greater than 0"),
+    ({"policy": "\n  backend: transformers\n  options: {batch_size: -1}"}, "batch_size:", "policy.options.batch_size",
+     "must be greater than 0"),
+    ({"policy": "{backend: openai, options: {base_uri: x}}"}, "base_uri", "policy.options.base_uri",
+     "unknown key 'base_uri' (did you mean 'base_url'?)"),
     ({"prompts": "[]"}, "prompts:", "prompts", "must not be empty"),
-    ({"backend": "gpu"}, "backend:", "backend", "must be one of"),
+    ({"policy": "{backend: gpu}"}, "policy:", "policy", "unknown backend (one of transformers, vllm, openai"),
+    # Keys from before model specs name their new place.
+    ({"policy": None, "backend": "scripted"}, "backend:", "backend", "moved: write it as policy.backend"),
+    ({"batch_size": "4"}, "batch_size:", "batch_size", "moved: write it as policy.options.batch_size"),
+    ({"judge": "{model: x, base_url: y}"}, "judge:", "judge.base_url", "moved: model settings go under options"),
     ({"sampling": "\n  respond:\n    max_tokens: 9"}, "max_tokens:", "sampling.respond.max_tokens",
      "unknown key 'max_tokens' (did you mean 'max_new_tokens'?)"),
 ])
@@ -134,13 +141,19 @@ def test_paths_are_relative_to_the_pipeline_file_and_flags_to_cwd(tmp_path, monk
 
 
 def test_cli_overrides_apply_and_are_revalidated(tmp_path):
-    path, _ = pipeline(tmp_path, rounds="2", limit="5")
+    path, _ = pipeline(tmp_path, rounds="2", limit="5", policy="{backend: transformers}")
     config = load_pipeline(path, rounds=3, batch_size=4, limit=None)
-    assert (config.rounds, config.batch_size, config.limit) == (3, 4, 5)
+    assert (config.rounds, config.policy.options.batch_size, config.limit) == (3, 4, 5)
     problem = only(pipeline_problems(path, rounds=0))
     assert problem.field == "--rounds" and "1" in problem.message
     assert str(problem).startswith("command line: --rounds: ")
     assert only(pipeline_problems(path, batch_size=0)).field == "--batch-size"
+    # Model flags set the policy's spec; the judge's unset fields follow it.
+    config = load_pipeline(path, backend="openai", model="m", base_url="http://h/v1", judge_model="j")
+    assert (config.policy.backend, config.policy.model, config.policy.options.base_url) == ("openai", "m", "http://h/v1")
+    assert (config.judge.backend, config.judge.model, config.judge.options.base_url) == ("openai", "j", "http://h/v1")
+    assert str(only(pipeline_problems(path, backend="scripted", base_url="u"))) == (
+        "command line: --base-url: the scripted backend has no such option")
 
 
 # --- prompt files -----------------------------------------------------------------
@@ -358,5 +371,5 @@ def test_a_backend_whose_extra_is_missing_names_the_extra(tmp_path, monkeypatch)
     config = load_pipeline(write_pipeline(tmp_path, backend="vllm", model="embedded"))
     with pytest.raises(InputError) as err:
         generate(config)
-    assert str(err.value) == "backend: backend 'vllm' needs vllm: pip install 'cai[vllm]'"
+    assert str(err.value) == "backend: backend 'vllm' needs vllm: pip install 'cai-engine[vllm]'"
     assert not (tmp_path / "out").exists()

@@ -77,14 +77,16 @@ def test_sl_cai_marks_echoing_model_outputs():
     program = SLCAI(constitution, rounds=1)
     records = [{"id": f"e{i}", "prompt": f"Tell me thing {i} please, in detail", "rounds": []} for i in range(3)]
 
-    def parrot(stage, conversations, ids):
-        # Every stage answers with the previous assistant turn (or the prompt).
-        out = []
-        for conv in conversations:
-            prior = [m["content"] for m in conv if m["role"] == "assistant"]
-            out.append(prior[-1] if prior else "A long enough answer about the thing you asked for")
-        return out
+    class Parrot:
+        """Calls whose every step answers with the previous assistant turn (or a fixed first answer)."""
 
-    program.run(records, parrot)
+        def chat(self, stage, conversations, ids):
+            out = []
+            for conv in conversations:
+                prior = [m["content"] for m in conv if m["role"] == "assistant"]
+                out.append(prior[-1] if prior else "A long enough answer about the thing you asked for")
+            return out
+
+    program.run(records, Parrot())
     for rec in records:
         assert "not_a_critique" in rec["flags"] and "revision_unchanged" in rec["flags"]

@@ -4,6 +4,9 @@ A LazyBackend knows its identity (what the cache keys on) without loading
 anything and loads the model on the first call that reaches it. Wrapped in a
 CachedBackend, that is the first call that misses the cache: a finished
 re-run, `--plan` and a fully cached audit or eval load no model at all.
+Backends that hold no weights (an API client, the scripted stand-in) are made
+at once: an API's preflight takes milliseconds, and a bad key, URL or model
+name then fails before a run folder is touched.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Sequence
 from cai.backends import Backend, BackendUnavailable, Conversation, Progress, Sampling, create
 from cai.backends.specs import _Spec
 from cai.errors import InputError, Problem
+
+WEIGHTS = {"transformers", "vllm"}  # backends that load a model in-process: deferred
 
 
 def _bad_model(spec: _Spec, flag: str, exc: BaseException) -> InputError:
@@ -34,6 +39,14 @@ def spec_identity(spec: _Spec, flag: str = "--model") -> str:
 
 def precheck(spec: _Spec, flag: str = "--model") -> None:
     """What can be told without loading or connecting: fail before any run folder is touched."""
+    import importlib.util
+
+    from cai.backends import REGISTRY
+
+    extra = REGISTRY[spec.backend][2]
+    if extra and importlib.util.find_spec(extra) is None:
+        raise InputError([Problem("backend", None, "", f"backend {spec.backend!r} needs {extra}: "
+                                  f"pip install 'cai-engine[{extra}]'")])
     if spec.backend == "openai":
         if spec.model == "embedded":
             raise InputError([Problem(flag, None, "", "name the model the server serves "
@@ -73,6 +86,8 @@ class LazyBackend:
         self.supports_logprobs = True
         self.load_seconds = 0.0
         self._backend: Backend | None = None
+        if spec.backend not in WEIGHTS:
+            self.backend  # noqa: B018 - cheap to make, and its errors belong before any work
 
     @property
     def loaded(self) -> bool:
