@@ -136,3 +136,14 @@ def judged(backend, constitution, items, **judge_options) -> list:
 
     judge = Judge(constitution, **judge_options)
     return judge.compare(items, judge.calls(backend))
+
+
+def process_block(config, constitution, block, out):
+    """One block through the engine's stages in this process (a spawned worker in tests)."""
+    from cai.engine import Engine
+
+    engine = Engine(config, constitution, ScriptedBackend("echo"), out)
+    try:
+        return engine.process(block)
+    finally:
+        engine.cache.close()

@@ -104,6 +104,7 @@ def _spec_class(name: str, options: type[Strict]) -> type[_Spec]:
 
 
 SPECS = {name: _spec_class(name, cls) for name, cls in OPTIONS.items()}
+globals().update({cls.__name__: cls for cls in SPECS.values()})  # importable by name, so specs pickle
 
 
 def _backend_of(value) -> str | None:
