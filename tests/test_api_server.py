@@ -94,8 +94,8 @@ def test_cai_generate_over_the_server(server, tmp_path):
     pipeline.write_text(
         f"name: api\nconstitution: {ROOT / 'constitution' / 'harmless.yaml'}\n"
         f"prompts: [{ROOT / 'pipelines' / 'prompts' / 'red_team.jsonl'}, {ROOT / 'pipelines' / 'prompts' / 'benign.jsonl'}]\n"
-        f"backend: openai\nmodel: smollm2\nbase_url: {server}\nlimit: 4\nrounds: 1\nfew_shot: 1\n"
-        f"concurrency: 4\nextra_body: {{repeat_penalty: 1.1}}\n"
+        f"policy: {{backend: openai, model: smollm2, options: {{base_url: '{server}', concurrency: 4,"
+        " extra_body: {repeat_penalty: 1.1}}}\nlimit: 4\nrounds: 1\nfew_shot: 1\n"
     )
     env = {**os.environ, "OPENAI_API_KEY": KEY}
     out = tmp_path / "run"
@@ -124,7 +124,7 @@ def test_a_server_judges_a_transformers_policy(server, tmp_path):
         "sampling: {respond: {max_new_tokens: 32}, critique: {max_new_tokens: 32}, revise: {max_new_tokens: 32}}\n"
         "feedback: {enabled: true, pairs: samples, samples: 2, principles: 2,"
         " sample_sampling: {max_new_tokens: 32, temperature: 0.9}}\n"
-        f"judge: {{backend: openai, model: smollm2, base_url: '{server}', extra_body: {{repeat_penalty: 1.0}}}}\n"
+        f"judge: {{backend: openai, model: smollm2, options: {{base_url: '{server}', extra_body: {{repeat_penalty: 1.0}}}}}}\n"
     )
     out = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "cai", "generate", str(pipeline), "--out", str(out)],
@@ -209,8 +209,8 @@ def test_faults_at_20_percent_change_nothing_but_the_retry_count(server, tmp_pat
         path.write_text(
             f"name: {name}\nconstitution: {ROOT / 'constitution' / 'harmless.yaml'}\n"
             f"prompts: [{ROOT / 'pipelines' / 'prompts' / 'benign.jsonl'}]\n"
-            f"backend: openai\nmodel: smollm2\nbase_url: {url}\nlimit: 5\nrounds: 1\nfew_shot: 1\n"
-            f"concurrency: 2\ntimeout: 15\nextra_body: {{repeat_penalty: 1.1}}\nout: {tmp_path / name}\n"
+            f"policy: {{backend: openai, model: smollm2, options: {{base_url: '{url}', concurrency: 2, timeout: 15,"
+            f" extra_body: {{repeat_penalty: 1.1}}}}}}\nlimit: 5\nrounds: 1\nfew_shot: 1\nout: {tmp_path / name}\n"
             "sampling: {respond: {max_new_tokens: 48}, critique: {max_new_tokens: 48}, revise: {max_new_tokens: 48}}\n"
         )
         return path

@@ -54,8 +54,8 @@ def test_cai_generate_with_the_vllm_backend(vllm_python, tmp_path):
     pipeline.write_text(
         f"name: vllm\nconstitution: {ROOT / 'constitution' / 'harmless.yaml'}\n"
         f"prompts: [{ROOT / 'pipelines' / 'prompts' / 'red_team.jsonl'}, {ROOT / 'pipelines' / 'prompts' / 'benign.jsonl'}]\n"
-        "backend: vllm\nmodel: embedded\nlimit: 4\nrounds: 1\nfew_shot: 1\n"
-        "gpu_memory_utilization: 0.3\nmax_model_len: 2048\n"
+        "policy: {backend: vllm, model: embedded, options: {gpu_memory_utilization: 0.3, max_model_len: 2048}}\n"
+        "limit: 4\nrounds: 1\nfew_shot: 1\n"
     )
     out = tmp_path / "run"
     done = _run([vllm_python, "-m", "cai", "generate", str(pipeline), "--out", str(out)])
