@@ -82,8 +82,13 @@ def _models_section(run: dict) -> str:
 
 
 def _settings_section(config: dict) -> str:
-    keep = ("rounds", "seed", "few_shot", "system_prompt", "test_size", "backend", "dtype", "batch_size", "limit")
+    keep = ("rounds", "seed", "few_shot", "system_prompt", "test_size", "limit")
     lines = [f"- `{k}`: {json.dumps(config.get(k))}" for k in keep if k in config]
+    policy = config.get("policy") or {}
+    if policy:  # the model spec without server details (URLs, key variables)
+        options = {k: v for k, v in (policy.get("options") or {}).items() if k in ("batch_size", "dtype")}
+        lines.append(f"- policy: `{policy.get('backend')}` `{policy.get('model')}`"
+                     + "".join(f", {k}={v}" for k, v in options.items()))
     for stage, s in (config.get("sampling") or {}).items():
         lines.append(f"- sampling `{stage}`: " + ", ".join(f"{k}={v}" for k, v in s.items()))
     for src in config.get("prompts") or []:

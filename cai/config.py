@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 from cai import shipped
 from cai.backends.specs import ModelSpec, _Spec, inherit, model_spec
 from cai.errors import InputError
-from cai.field_errors import Strict as _Strict, pydantic_problems
+from cai.field_errors import StrictModel as _Strict, pydantic_problems
 from cai.yamlio import load_yaml
 
 # Keys that sat at the top of a pipeline before model specs, and where they live now.

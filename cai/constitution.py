@@ -17,8 +17,6 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     Strict,
@@ -28,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from cai.field_errors import did_you_mean
+from cai.field_errors import StrictModel, did_you_mean
 from cai.yamlio import load_model
 
 _SLUG = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
@@ -63,9 +61,7 @@ def _fail(title: str, errors: list[tuple[tuple[Any, ...], str, Any]]) -> None:
     )
 
 
-class Principle(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Principle(StrictModel):
     id: Text
     critique: Text | None = None
     revision: Text | None = None
@@ -93,10 +89,8 @@ class Principle(BaseModel):
         return self
 
 
-class FewShot(BaseModel):
+class FewShot(StrictModel):
     """A worked critique/revision example shown to the model before the real prompt."""
-
-    model_config = ConfigDict(extra="forbid")
 
     prompt: Text
     response: Text
@@ -105,9 +99,7 @@ class FewShot(BaseModel):
     principle: Text | None = None
 
 
-class Constitution(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Constitution(StrictModel):
     name: Text
     version: Text | None = None
     description: Text | None = None

