@@ -25,7 +25,7 @@ def _pipeline(tmp_path: Path) -> Path:
     doc = {
         "name": "incremental", "constitution": "constitution.yaml",
         "prompts": [str(ROOT / "pipelines/prompts/red_team.jsonl"), str(ROOT / "pipelines/prompts/benign.jsonl")],
-        "limit": N, "backend": "transformers", "model": "embedded", "rounds": ROUNDS, "few_shot": 0,
+        "limit": N, "policy": {"backend": "transformers", "model": "embedded"}, "rounds": ROUNDS, "few_shot": 0,
         "test_size": 0.25, "out": str(tmp_path / "out"),
         "sampling": {"respond": {"max_new_tokens": 20, "repetition_penalty": 1.1},
                      "critique": {"max_new_tokens": 12, "repetition_penalty": 1.1},
