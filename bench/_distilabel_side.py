@@ -1,6 +1,6 @@
 """The distilabel 1.5.3 side of bench/distilabel_vs_cai.py; run with the distilabel venv's python.
 
-    /work/.venv-distilabel/bin/python bench/_distilabel_side.py IN.json OUT.json
+    .venv-distilabel/bin/python bench/_distilabel_side.py IN.json OUT.json   (from the repository root)
 
 IN.json: {"model": checkpoint folder, "max_new_tokens": {stage: n}, "repetition_penalty": r,
 "rows": [{"id", "prompt", "critique_request", "revision_request"}]}. The same one-round

@@ -46,7 +46,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--repetition-penalty", type=float, default=1.1)
-    ap.add_argument("--distilabel-python", default=os.environ.get("DISTILABEL_PYTHON", "/work/.venv-distilabel/bin/python"))
+    ap.add_argument("--distilabel-python", default=os.environ.get(
+        "DISTILABEL_PYTHON", str(ROOT / ".venv-distilabel" / "bin" / "python")),
+        help="python of distilabel's venv (default: .venv-distilabel/ at the repository root, or $DISTILABEL_PYTHON)")
     args = ap.parse_args()
 
     from cai.config import PromptSource
@@ -70,8 +72,8 @@ def main() -> None:
             fh.write(json.dumps({"id": ex["id"], "prompt": ex["prompt"]}) + "\n")
     pipeline = {
         "name": "bench", "constitution": str(CONSTITUTION), "prompts": [str(tmp / "prompts.jsonl")],
-        "backend": "transformers", "model": "embedded", "rounds": 1, "few_shot": 0, "cache": False,
-        "test_size": 0.0, "out": str(tmp / "cai-out"), "batch_size": 32, "dtype": "float32",
+        "policy": {"backend": "transformers", "model": "embedded", "options": {"batch_size": 32, "dtype": "float32"}},
+        "rounds": 1, "few_shot": 0, "cache": False, "test_size": 0.0, "out": str(tmp / "cai-out"),
         "sampling": {s: {"max_new_tokens": n, "temperature": 0.0, "repetition_penalty": args.repetition_penalty}
                      for s, n in tokens.items()},
     }

