@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from _machine import ForeignLoad  # noqa: E402
 
 from cai.config import load_pipeline  # noqa: E402
-from cai.backends.loading import load  # noqa: E402
+from cai.backends.loading import load as load_backend  # noqa: E402
 from cai.generate import generate  # noqa: E402
 from cai.records import RecordStore  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> None:
 
     inc = pipeline("run", cache=True)
     full = pipeline("full", cache=False)
-    backend = load(load_pipeline(inc).policy)  # loaded once, shared by every run: model load is not what we measure
+    backend = load_backend(load_pipeline(inc).policy)  # loaded once, shared by every run: model load is not what we measure
     load = ForeignLoad().start()
 
     def timed(path):

@@ -1,8 +1,8 @@
 """The stage scheduler: pending examples in chunks, each chunk stage by stage, every call cached.
 
-A chunk (`chunk_size` examples) goes through respond, critique and revise as
-whole batches handed to the backend, then its records are appended as one
-shard. Memory stays flat however many prompts there are, and a killed run
+A chunk (`chunk_size` examples) goes through the pipeline's Stages (SL-CAI,
+then AI feedback), each step as one whole batch handed to the backend through
+the call cache, then its records are appended as one shard. Memory stays flat however many prompts there are, and a killed run
 loses at most the chunk in flight, whose model calls are already in the cache.
 """
 

@@ -17,7 +17,7 @@ from cai.engine import Engine
 from cai.errors import InputError, Problem
 from cai.progress import StageProgress
 from cai.prompts import load_prompts
-from cai.runfiles import package_versions, relative_to_run, write_json
+from cai.runfiles import package_versions, write_json
 
 
 def check_inputs(config: PipelineConfig):

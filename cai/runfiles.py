@@ -47,16 +47,6 @@ def write_json(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(scrub_run(data), indent=2, ensure_ascii=False) + "\n")
 
 
-def relative_to_run(run_dir: Path, path: str | Path | None) -> str | None:
-    """A path inside the run folder as written relative to it; others unchanged."""
-    if path is None:
-        return None
-    try:
-        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
-    except ValueError:
-        return str(path)
-
-
 def shareable(path: str) -> None:
     """mkstemp makes 0600 files; give outputs the mode a plain open() would (0666 less the umask)."""
     mask = os.umask(0)

@@ -12,8 +12,6 @@ from pathlib import Path
 
 
 from cai.backends.scripted import ScriptedBackend
-from cai.config import load_pipeline
-from cai.generate import generate
 from cai.records import RecordStore
 from helpers import PRINCIPLES, records_by_id, run, write_constitution, write_pipeline
 

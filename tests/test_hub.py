@@ -7,14 +7,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import datasets
 import pytest
 
 from cai import hub
 from cai.redact import REDACTED
-from helpers import PRINCIPLES, make_run, run, write_constitution, write_pipeline
+from helpers import PRINCIPLES, make_run, run, write_constitution
 from hub_server import FakeHub
 
 CANARY = "hf_CANARYcanaryCANARYcanary0123456789"
