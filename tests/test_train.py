@@ -67,7 +67,11 @@ def test_every_algo_two_steps_leaves_a_loadable_model(algo, run_dir, tiny_model,
     assert info["config"]["algo"] == algo and info["config"]["max_steps"] == 2
     assert (out / "loss.png").stat().st_size > 1000
     if algo == "reward":
-        assert 0 <= metrics["heldout"]["n"] and "ci95" in metrics["heldout"]
+        import pyarrow.parquet as pq
+
+        # Every pair of the generated data's test split is scored, none more.
+        held_out = pq.read_metadata(run_dir / "dataset" / "test.parquet").num_rows
+        assert held_out > 0 and metrics["heldout"]["n"] == held_out and "ci95" in metrics["heldout"]
     if algo in ("ppo", "grpo"):  # no --reward-model: one is trained first from the same data
         assert (out / "reward_model" / "config.json").is_file()
         assert metrics["reward_model"] == str(out / "reward_model")
