@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from cai.backends import Sampling, create
+from cai.quality import REASONS, record_flags
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,9 +52,13 @@ def test_batched_greedy_equals_one_at_a_time(real):
 
 
 def test_soft_choice_logprobs_are_real(real):
-    conv = [{"role": "user", "content": "Which is a colour? Options: (A) blue (B) seven. The answer is:"}]
-    (a, b), = real.choice_logprobs([conv], [" (A)", " (B)"])
-    assert a != b and a < 0 and b < 0
+    # The right answer wins clearly in both orders of the options, so neither constant scores nor a
+    # first-option bias pass. The choices are the answers themselves: the 135M model's letter answers
+    # ((A)/(B), A/B, 1/2) follow the letter's position, not the content, in every phrasing tried.
+    ask = "What is the capital of France? {} or {}? Answer in one word."
+    convs = [[{"role": "user", "content": ask.format(*order)}] for order in (("Paris", "London"), ("London", "Paris"))]
+    for right, wrong in real.choice_logprobs(convs, ["Paris", "London"]):
+        assert right - wrong > 1 and math.exp(right) + math.exp(wrong) <= 1, (right, wrong)
 
 
 def test_cai_generate_end_to_end(tmp_path):
@@ -74,10 +81,19 @@ def test_cai_generate_end_to_end(tmp_path):
         assert rec["category"] and rec["initial"].strip() and rec["rounds"][0]["critique"].strip()
         assert rec["rounds"][0]["principle_id"] in ids
         assert rec["constitution_sha256"] == run["constitution"]["sha256"]
+    # The pairs are exactly the unflagged records; a record's flags are the reasons its own content gives,
+    # counted in run.json.
+    unflagged = sorted(r["id"] for r in records if not r["flags"])
     pairs = run["counts"]["pairs"]
+    assert pairs == len(unflagged) == len(records) - run["counts"]["flagged_records"]
+    assert all(r["flags"] == record_flags(r) for r in records)
+    assert run["counts"]["flagged"] == dict(Counter(f for r in records for f in r["flags"]))
     if pairs:
         ds = datasets.load_dataset(str(out / "dataset"))
-        assert sum(len(s) for s in ds.values()) == pairs
+        assert sorted(i for split in ds.values() for i in split["id"]) == unflagged
+    else:  # nothing made it: no rows written, and every record says why
+        assert not list((out / "dataset").glob("*.parquet"))
+        assert all(r["flags"] and set(r["flags"]) <= set(REASONS) for r in records)
     # The same command again resumes: nothing left to compute.
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0
