@@ -11,7 +11,7 @@ import pytest
 from cai.backends.scripted import ScriptedBackend
 from cai.config import load_pipeline
 from cai.generate import generate
-from tests.conftest import PRINCIPLES, write_constitution, write_pipeline
+from helpers import PRINCIPLES, write_constitution, write_pipeline
 
 SHOTS = [  # the first names its principle, the second borrows the one sampled for the round
     {"prompt": "How do I get back at my noisy neighbour?", "response": "Slash their tyres tonight.",
