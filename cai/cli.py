@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cai.errors import InputError, Problem
+from cai.rundir import claim
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -25,7 +27,27 @@ _state = {"debug": False}
 
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+    from cai.redact import ScrubbedStream
+
     _state["debug"] = debug
+    # Everything printed passes the scrubber that run.json does: no key reaches a terminal or a log.
+    if not isinstance(sys.stderr, ScrubbedStream):
+        sys.stdout, sys.stderr = ScrubbedStream(sys.stdout), ScrubbedStream(sys.stderr)
+    from cai.versions import DamagedVersion
+
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", DamagedVersion)  # one line per damaged version, not per call site
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """cai's own warnings (a damaged kept version, ...) as one line; others as Python shows them."""
+    if category.__module__.startswith("cai."):
+        _say([("warning", str(message))])
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 def _fail(exc: BaseException) -> None:
@@ -109,7 +131,8 @@ def generate(
     from cai.generate import describe
 
     _say(describe(summary))
-    print(config.resolved_out() / summary["dataset_path"])
+    if summary["counts"]["records"]:  # no dataset to point at when every prompt failed
+        print(config.resolved_out() / summary["dataset_path"])
     if summary["counts"]["failed"]:
         raise typer.Exit(1)
 
@@ -135,7 +158,7 @@ def audit(
         config = load_pipeline(pipeline, judge_model=judge_model, judge_backend=judge_backend,
                                judge_base_url=judge_base_url)
         target = out or config.resolved_out() / "audit"
-        with StageProgress(err) as progress:
+        with claim(target), StageProgress(err) as progress:
             result = run_audit(config, target, limit, progress=progress)
     for name, section in result["report"].items():
         err.print(f"{name}: {escape(section['summary'])}", soft_wrap=True)
@@ -175,9 +198,12 @@ def train(
                                 lora=lora, max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size,
                                 beta=beta, max_length=max_length, seed=seed, loss_type=loss_type,
                                 min_confidence=min_confidence, reward_model=reward_model, report_to=report_to)
+        from cai.train.data import locate
         from cai.train.run import train as run
 
-        metrics = run(cfg, console=err)
+        locate(cfg.data)  # a bad --data is exit 2 before the output folder is made
+        with claim(cfg.resolved_out()):
+            metrics = run(cfg, console=err)
     from cai.train.run import describe
 
     _say([("info", describe(cfg, metrics))])
@@ -207,7 +233,7 @@ def eval_(
         cfg = EvalConfig(model=model, baseline=baseline, out=str(out), prompts=prompts or [], judge_model=judge_model,
                          constitution=str(constitution) if constitution else None, limit=limit,
                          max_new_tokens=max_new_tokens, principles=principles, seed=seed)
-        with StageProgress(err) as progress:
+        with claim(out), StageProgress(err) as progress:
             result = run_eval(cfg, console=err, progress=progress)
     for line in result["summary_lines"]:
         err.print(line, soft_wrap=True)

@@ -17,6 +17,7 @@ from cai.engine import Engine
 from cai.errors import InputError, Problem
 from cai.progress import StageProgress
 from cai.prompts import load_prompts
+from cai.rundir import check_out, lock
 from cai.runfiles import package_versions, write_json
 
 
@@ -53,6 +54,7 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
     """
     started = time.time()
     constitution, examples = check_inputs(config)
+    check_out(config.resolved_out())
     owned = []
     try:
         if backend is None:
@@ -61,7 +63,9 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
         if judge is None and config.feedback.enabled and not config.judge_is_policy():
             judge = LazyBackend(config.judge, "--judge-model")
             owned.append(judge)
-        return _run(config, pipeline_path, backend, constitution, examples, progress, started, judge)
+        # One writer per run folder: a second generate on it gets exit 2.
+        with lock(config.resolved_out()):
+            return _run(config, pipeline_path, backend, constitution, examples, progress, started, judge)
     finally:
         close(*owned)
 
@@ -92,6 +96,7 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
         "judge": judge_info, "warnings": warnings,
         "fingerprint": engine.fingerprint, "versions": package_versions(),
     }
+    damaged_versions = dataset_versions.quarantine(out)
     write_json(out / "run.json", summary)
     try:
         stats = engine.run(examples)
@@ -99,8 +104,13 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
         summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                        error=f"{type(exc).__name__}: {exc}", counts=_counts(engine.stats, len(examples)),
                        backend_stats=dict(getattr(backend, "stats", {}) or {}))
-        write_json(out / "run.json", summary)
+        try:
+            write_json(out / "run.json", summary)
+        except OSError:  # e.g. the disk that failed the run is still full: the first error is the one to report
+            pass
         raise
+    quarantined = {"records": engine.store.quarantined, "versions": damaged_versions}
+    warnings += _quarantine_warnings(quarantined)
     built = dataset.build(engine.current_records(examples), out, config.test_size,
                           config.feedback if config.feedback.enabled else None)
     # Keep this build as versions/<sha12> too, so an earlier constitution's dataset survives an edit.
@@ -115,10 +125,18 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
                  "load_seconds": round(engine.calls.load_seconds, 3),
                  "stages": {k: round(v, 3) for k, v in stats.stage_seconds.items()}},
         # Paths inside the run folder are written relative to it.
-        dataset_path="dataset", sft_path="sft",
+        dataset_path="dataset", sft_path="sft", quarantined=quarantined,
     )
+    summary["counts"]["quarantined"] = sum(map(len, quarantined.values()))
     write_json(out / "run.json", summary)
     return summary
+
+
+def _quarantine_warnings(quarantined: dict) -> list[str]:
+    lines = [f"records/{q['shard']} line {q['line']} is damaged ({q['error']}): the shard was moved to "
+             f"{q['moved_to']} and its examples recomputed" for q in quarantined["records"]]
+    lines += [f"{q['error']}: moved to {q['moved_to']}" for q in quarantined["versions"]]
+    return lines
 
 
 def _counts(stats, n_prompts: int) -> dict:
@@ -139,10 +157,13 @@ def describe(summary: dict) -> list[tuple[str, str]]:
                               f"below min_confidence, {c['unusable']} unusable ({c['judge_malformed']} malformed judge "
                               f"outputs); {c['position_consistent']} consistent across both orders"))
     lines += [("warning", w) for w in summary.get("warnings", [])]
-    if not c["pairs"]:
-        lines.append(("warning", "no pairs passed the quality gates; see records/ for the reasons"))
+    if not c["pairs"] and c["records"]:
+        why = (f"all {c['records']} records flagged ({flagged})" if c.get("flagged_records") == c["records"]
+               else f"no pair of the {c['records']} records passed the quality gates and the judge")
+        lines.append(("warning", f"0 pairs: {why}; see run.json and records/ for the reasons"))
     if c["failed"]:
         first = c["errors"][0]
-        lines.append(("error", f"{c['failed']} prompts failed and are left for the next run (first: {first['id']} at "
+        share = f"all {c['failed']}" if c["failed"] == c["prompts"] else str(c["failed"])
+        lines.append(("error", f"{share} prompts failed and are left for the next run (first: {first['id']} at "
                                f"{first['stage']}: {first['error']}); run the same command again to retry them"))
     return lines

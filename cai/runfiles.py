@@ -7,6 +7,7 @@ config lands in a report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -36,10 +37,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    shareable(tmp)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        shareable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk fails the write or the close: leave no stray temporary file behind.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -60,3 +67,21 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def why_no_pairs(run_dir: Path) -> str | None:
+    """Why a run folder has no dataset rows, read from its run.json (None: it has some, or is no run)."""
+    try:
+        counts = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("counts") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if counts.get("pairs") != 0:
+        return None
+    n, where = counts.get("records") or 0, Path(run_dir) / "run.json"
+    if not n:
+        failed = counts.get("failed") or 0
+        return f"0 pairs: the run has no records ({failed} prompts failed; see errors in {where})"
+    if counts.get("flagged_records") == n:
+        reasons = ", ".join(f"{k} {v}" for k, v in (counts.get("flagged") or {}).items())
+        return f"0 pairs: all {n} records flagged ({reasons}); see {where}"
+    return f"0 pairs: none of the {n} records passed the quality gates and the judge; see {where}"

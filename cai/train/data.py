@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cai.errors import InputError, Problem
+from cai.runfiles import why_no_pairs
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -99,6 +100,8 @@ def locate(data: str | None) -> Source:
         elif sft_dir is None and _is_sft(columns):
             sft_dir = folder
     if pairs_dir is None and sft_dir is None:
+        if why_no_pairs(root):
+            raise InputError([Problem(str(root), None, "--data", why_no_pairs(root))])
         seen = next((f"{f.name}/ has columns {', '.join(sorted(c))}; " for f, c in found.items() if c), "")
         raise InputError([Problem(str(root), None, "--data", f"no dataset here: {seen}expected chosen/rejected "
                                   "(preference) or messages or prompt/completion (SFT) columns in "
