@@ -71,7 +71,7 @@ class Engine:
         self.config = config
         self.constitution = constitution
         self.out = Path(out)
-        self.store = RecordStore(self.out / "records")
+        self.store = RecordStore(self.out / "records", readonly=readonly)
         self.cache = Cache(self.out / "cache.sqlite", enabled=config.cache, readonly=readonly)
         self.policy = CachedBackend(policy, self.cache)
         self.judge = CachedBackend(judge, self.cache) if judge is not None else self.policy

@@ -64,11 +64,15 @@ def plan(config: PipelineConfig) -> dict:
     s = engine.collect_stats()
     return {"prompts": len(examples), "records_reused": s.resumed, "records_rebuilt": len(todo),
             "records_with_new_text": changed, "model_calls": s.model_calls, "judge_calls": s.judge_calls,
-            "cache_hits": s.cache_hits, "calls_by_stage": dict(sorted(s.stage_calls.items()))}
+            "cache_hits": s.cache_hits, "calls_by_stage": dict(sorted(s.stage_calls.items())),
+            # A damaged shard is moved aside by the run (not by a plan); its examples count as rebuilt.
+            "damaged_shards": [{k: q[k] for k in ("shard", "line", "error")} for q in engine.store.quarantined]}
 
 
 def describe(p: dict) -> str:
     stages = ", ".join(f"{k} {v}" for k, v in p["calls_by_stage"].items()) or "none"
     return (f"plan: {p['prompts']} prompts: {p['records_reused']} records reused as they are, "
             f"{p['records_rebuilt']} rebuilt ({p['records_with_new_text']} with new model text); "
-            f"{p['model_calls']} model calls to make ({stages}), {p['cache_hits']} answered from the cache")
+            f"{p['model_calls']} model calls to make ({stages}), {p['cache_hits']} answered from the cache"
+            + "".join(f"; records/{d['shard']} line {d['line']} is damaged (the run moves it aside)"
+                      for d in p["damaged_shards"]))

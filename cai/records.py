@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 from cai.runfiles import fsync_dir, shareable
 
 SHARD = re.compile(r"^shard-(\d{6})\.jsonl$")
+QUARANTINE = "quarantine"  # damaged shards, moved aside whole
 
 
 def new_record(example: dict, fingerprint: str, meta: dict) -> dict:
@@ -41,43 +42,74 @@ def new_record(example: dict, fingerprint: str, meta: dict) -> dict:
 
 
 class RecordStore:
-    def __init__(self, directory: str | Path):
+    """Shards of one run. A damaged line (a disk fault, a bad copy, a sync tool) sends its
+    shard to records/quarantine/: its examples are then pending again and recomputed,
+    mostly from the call cache. `readonly` (for --plan) notes damage but moves nothing."""
+
+    def __init__(self, directory: str | Path, readonly: bool = False):
         self.dir = Path(directory)
+        self.readonly = readonly
+        self.quarantined: list[dict] = []  # {shard, line, error, moved_to}
 
     def shards(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
-        return sorted(p for p in self.dir.iterdir() if SHARD.match(p.name))
+        damaged = {q["shard"] for q in self.quarantined}
+        return sorted(p for p in self.dir.iterdir() if SHARD.match(p.name) and p.name not in damaged)
 
     def sweep(self) -> None:
         """Remove temporary files left by a killed writer."""
-        if self.dir.is_dir():
+        if self.dir.is_dir() and not self.readonly:
             for p in self.dir.glob(".shard-*.tmp"):
                 p.unlink(missing_ok=True)
 
     def __iter__(self) -> Iterator[dict]:
+        """Every record line of every shard (for tools and tests; the engine reads `current`)."""
         for shard in self.shards():
             with open(shard, encoding="utf-8") as fh:
-                for line in fh:
-                    if line.strip():
-                        yield json.loads(line)
+                yield from (json.loads(line) for line in fh if line.strip())
+
+    def _quarantine(self, shard: Path, line: int, exc: Exception) -> None:
+        note = {"shard": shard.name, "line": line, "error": f"{type(exc).__name__}: {exc}", "moved_to": None}
+        if not self.readonly:
+            target = self.dir / QUARANTINE / shard.name
+            target.parent.mkdir(exist_ok=True)
+            n = 1
+            while target.exists():  # an earlier quarantine of a shard with this name
+                target, n = target.with_name(f"{shard.stem}.{n}{shard.suffix}"), n + 1
+            os.replace(shard, target)
+            fsync_dir(self.dir)
+            note["moved_to"] = str(target.relative_to(self.dir.parent))
+        self.quarantined.append(note)
 
     def current(self, fingerprint: str) -> Iterator[dict]:
         """Records made with this fingerprint, one per id (the latest wins)."""
-        latest: dict[str, tuple[int, int]] = {}
-        for s, shard in enumerate(self.shards()):
-            with open(shard, encoding="utf-8") as fh:
+        latest: dict[str, tuple[str, int]] = {}
+        mark = fingerprint.encode()
+        for shard in self.shards():
+            found: dict[str, tuple[str, int]] = {}
+            with open(shard, "rb") as fh:
                 for n, line in enumerate(fh):
-                    # Cheap prefilter: only parse lines that can carry this fingerprint.
-                    if fingerprint in line:
-                        rec = json.loads(line)
+                    # Cheap prefilter: parse only lines that can carry this fingerprint, or that
+                    # do not look whole (every line we write is one JSON object and a newline).
+                    whole = line.startswith(b"{") and line.endswith(b"}\n")
+                    if mark in line or not (whole or not line.strip()):
+                        try:
+                            rec = json.loads(line.decode("utf-8"))
+                            if not isinstance(rec, dict) or "id" not in rec:
+                                raise ValueError("not a record")
+                        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                            self._quarantine(shard, n + 1, exc)
+                            found = {}
+                            break
                         if rec.get("fingerprint") == fingerprint:
-                            latest[rec["id"]] = (s, n)
-        wanted = {pos for pos in latest.values()}
-        for s, shard in enumerate(self.shards()):
+                            found[rec["id"]] = (shard.name, n)
+            latest.update(found)
+        wanted = set(latest.values())
+        for shard in self.shards():
             with open(shard, encoding="utf-8") as fh:
                 for n, line in enumerate(fh):
-                    if (s, n) in wanted:
+                    if (shard.name, n) in wanted:
                         yield json.loads(line)
 
     def append(self, records: Iterable[dict]) -> Path | None:

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -26,6 +27,11 @@ from cai.runfiles import write_text_atomic
 
 VERSIONS = "versions"
 SHORT = 12
+QUARANTINE = "quarantine"
+
+
+class DamagedVersion(UserWarning):
+    """A kept version whose version.json cannot be read: left out, named in one line."""
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -84,18 +90,57 @@ def snapshot(run_dir: str | Path, constitution, records: Iterable[dict], counts:
     return target
 
 
+def _read(meta_path: Path) -> dict:
+    """version.json, or ValueError saying what is wrong with it (line included)."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{meta_path}: not UTF-8 text ({exc.reason})") from None
+    ok = isinstance(meta, dict) and isinstance(meta.get("constitution"), dict) \
+        and isinstance(meta["constitution"].get("sha256"), str) and isinstance(meta.get("created"), (int, float))
+    if not ok:
+        raise ValueError(f"{meta_path}: not a version.json (no constitution.sha256 or created)")
+    return meta
+
+
 def list_versions(run_dir: str | Path) -> list[dict]:
-    """Every kept version, oldest first: version.json plus `dir`."""
+    """Every readable kept version, oldest first: version.json plus `dir`. A damaged one is left
+    out with a DamagedVersion warning (readers take no lock, so they move nothing; see quarantine)."""
     root = Path(run_dir) / VERSIONS
     found = []
     if root.is_dir():
         for d in root.iterdir():
             meta_path = d / "version.json"
             if d.is_dir() and not d.name.startswith(".") and meta_path.is_file():
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                try:
+                    meta = _read(meta_path)
+                except ValueError as exc:
+                    warnings.warn(DamagedVersion(f"{exc}; version {d.name} skipped"), stacklevel=2)
+                    continue
                 meta["dir"] = d
                 found.append(meta)
     return sorted(found, key=lambda m: m["created"])
+
+
+def quarantine(run_dir: str | Path) -> list[dict]:
+    """Move versions whose version.json is damaged to versions/quarantine/ (the writer holds the run's
+    lock); return {version, error, moved_to} for run.json."""
+    root = Path(run_dir) / VERSIONS
+    moved = []
+    for meta_path in sorted(root.glob("*/version.json")) if root.is_dir() else []:
+        d = meta_path.parent
+        if d.name.startswith(".") or d.name == QUARANTINE:
+            continue
+        try:
+            _read(meta_path)
+        except ValueError as exc:
+            target = root / QUARANTINE / f"{d.name}-{int(time.time())}"
+            target.parent.mkdir(exist_ok=True)
+            os.rename(d, target)
+            moved.append({"version": d.name, "error": str(exc), "moved_to": str(target.relative_to(run_dir))})
+    return moved
 
 
 def find_version(run_dir: str | Path, sha_prefix: str) -> dict | None:
