@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from cai.errors import InputError, Problem
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
     key TEXT PRIMARY KEY,
@@ -32,6 +34,10 @@ def call_key(model: str, kind: str, messages: list, settings: dict) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+class CacheDamaged(InputError):
+    """The cache file is not a readable SQLite database: say which file and what to do (exit 2)."""
+
+
 class Cache:
     """get_many/put_many over one SQLite file; `enabled=False` makes it a no-op."""
 
@@ -40,44 +46,69 @@ class Cache:
         self.readonly = readonly
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
-        if enabled and readonly:
+        self._opened = False  # opened on first use: a finished run never touches (or needs) the file
+
+    def _conn(self) -> sqlite3.Connection | None:
+        if not self._opened:
+            self._opened = True
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as exc:
+                raise self.damaged(exc) from None
+        return self._db
+
+    def damaged(self, exc: BaseException) -> "CacheDamaged":
+        return CacheDamaged([Problem(str(self.path), None, "", f"the call cache cannot be read ({exc}): move it "
+                                     "aside (it only saves model calls) or run with --no-cache")])
+
+    def _open(self) -> sqlite3.Connection | None:
+        if not self.enabled:
+            return None
+        if self.readonly:
             # For --plan: look, never create or write. A missing cache reads as empty.
-            if self.path.exists():
-                # A cleanly closed cache has no WAL: read the file as immutable, which creates no
-                # -wal/-shm files beside it. After a killed run the WAL holds committed calls: read it.
-                wal = self.path.with_name(self.path.name + "-wal").exists()
-                mode = "mode=ro" if wal else "immutable=1"
-                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, timeout=60)
-            return
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL keeps WAL commits durable across a killed process (not power loss),
-            # which is the crash the resume contract is about.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            # Random sha256 keys dirty a random page per insert; checkpointing every
-            # 1000 pages (the default) made inserts twice as slow at 100k examples.
-            self._db.execute("PRAGMA wal_autocheckpoint=10000")
-            self._db.execute(_SCHEMA)
+            if not self.path.exists():
+                return None
+            # A cleanly closed cache has no WAL: read the file as immutable, which creates no
+            # -wal/-shm files beside it. After a killed run the WAL holds committed calls: read it.
+            wal = self.path.with_name(self.path.name + "-wal").exists()
+            mode = "mode=ro" if wal else "immutable=1"
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, timeout=60)
+            db.execute("SELECT 1 FROM calls LIMIT 1").fetchall()
+            return db
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL keeps WAL commits durable across a killed process (not power loss),
+        # which is the crash the resume contract is about.
+        db.execute("PRAGMA synchronous=NORMAL")
+        # Random sha256 keys dirty a random page per insert; checkpointing every
+        # 1000 pages (the default) made inserts twice as slow at 100k examples.
+        db.execute("PRAGMA wal_autocheckpoint=10000")
+        db.execute(_SCHEMA)
+        return db
 
     def get_many(self, keys: Iterable[str]) -> dict[str, object]:
-        if not self._db:
+        if not self._conn():
             return {}
         keys = list(dict.fromkeys(keys))
         found: dict[str, object] = {}
-        for i in range(0, len(keys), _BATCH):
-            part = keys[i:i + _BATCH]
-            marks = ",".join("?" * len(part))
-            for key, value in self._db.execute(
-                f"SELECT key, value FROM calls WHERE key IN ({marks})", part
-            ):
-                found[key] = json.loads(value)
+        try:
+            for i in range(0, len(keys), _BATCH):
+                part = keys[i:i + _BATCH]
+                marks = ",".join("?" * len(part))
+                for key, value in self._db.execute(
+                    f"SELECT key, value FROM calls WHERE key IN ({marks})", part
+                ):
+                    found[key] = json.loads(value)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked, I/O: not damage
+                raise
+            raise self.damaged(exc) from None
         return found
 
     def put_many(self, items: Iterable[tuple[str, str, object]]) -> None:
         """Store (key, model, value) rows in one transaction."""
-        if not self._db or self.readonly:
+        if self.readonly or not self._conn():
             return
         now = time.time()
         rows = [(k, json.dumps(v, ensure_ascii=False), m, now) for k, m, v in items]
