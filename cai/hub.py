@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 
 from cai.errors import InputError, Problem
-from cai.redact import scrub_run
+from cai.redact import scrub_run, unlocated
+from cai.runfiles import why_no_pairs
 
 MANAGED_DIRS = ("data", "sft", "images")
 MANAGED_FILES = ("README.md", "constitution.yaml", "run.json")
@@ -61,6 +62,8 @@ def load_run(run_dir: str | Path) -> dict:
     sha = (run.get("constitution") or {}).get("sha256") or run.get("constitution_sha256")
     dataset_dir = run_dir / "dataset"
     if not sha or not dataset_dir.is_dir() or not list(dataset_dir.glob("*.parquet")):
+        if why_no_pairs(run_dir):
+            raise InputError([Problem(str(run_dir), None, "", why_no_pairs(run_dir) + "; nothing to push")])
         raise InputError([Problem(str(dataset_dir), None, "", "no dataset files; re-run `cai generate` for this run")])
     kept = versions.find_version(run_dir, sha)
     text = None
@@ -123,7 +126,7 @@ def assemble(run_dir: str | Path, folder: str | Path, repo_id: str, license: str
             written.append(rel)
             data_files.setdefault(target, {})[split_file.stem] = rel
     (folder / "constitution.yaml").write_text(info["constitution_text"], encoding="utf-8")
-    run = scrub_run(info["run"])
+    run = unlocated(scrub_run(info["run"]), run_dir)
     (folder / "run.json").write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     card.principle_histogram(info["usage"], info["principles"], folder / card.HISTOGRAM)
     readme = card.build_card(run, info["constitution_text"], info["usage"], info["principles"], repo_id,
@@ -133,9 +136,31 @@ def assemble(run_dir: str | Path, folder: str | Path, repo_id: str, license: str
     return sorted(written)
 
 
+DRY_RUN_MARKER = ".cai-dry-run"  # in a folder a dry run made: the next dry run may replace its files
+
+
 def dry_run(run_dir: str | Path, out_dir: str | Path, repo_id: str, license: str = "apache-2.0") -> list[str]:
+    """Assemble the upload folder into `out_dir`: an empty or missing folder, or one an earlier dry run made.
+
+    Anything else is refused (exit 2) before a file is touched: assembling replaces data/, sft/,
+    images/, README.md, run.json and constitution.yaml, which in a project folder are the user's.
+    """
+    from cai.rundir import check_out
+
     check_repo_id(repo_id)
-    return assemble(run_dir, out_dir, repo_id, license)
+    load_run(run_dir)  # a run that cannot be pushed leaves the folder untouched
+    run, out = Path(run_dir).resolve(), Path(out_dir).expanduser().resolve()
+    if out == run or run in out.parents:
+        raise InputError([Problem("command line", None, "--dry-run", f"{out_dir} is inside the run folder "
+                                  f"{run_dir}; name a new folder outside it")])
+    if out.is_dir() and any(out.iterdir()) and not (out / DRY_RUN_MARKER).is_file():
+        raise InputError([Problem("command line", None, "--dry-run", f"{out_dir} is not empty and was not made by "
+                                  "`cai push --dry-run`; name a new or empty folder (its files would be replaced)")])
+    check_out(out, "--dry-run")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DRY_RUN_MARKER).write_text("made by `cai push --dry-run`; its files are replaced by the next one\n",
+                                      encoding="utf-8")
+    return assemble(run_dir, out, repo_id, license)
 
 
 def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,

@@ -61,7 +61,10 @@ def identity(name: str, model: str | None = None, dtype: str = "float32", extra_
     """
     if name == "openai":
         # The served weights are the server's business; sampling fields sent with each request are ours.
-        return f"api:{model}" + (f"|{json.dumps(extra_body, sort_keys=True)}" if extra_body else "")
+        # Secrets in extra_body are masked (cai.redact.masked): an identity is written everywhere.
+        from cai.redact import masked
+
+        return f"api:{model}" + (f"|{json.dumps(masked(extra_body), sort_keys=True)}" if extra_body else "")
     if name == "scripted":
         return f"scripted:{model or 'echo'}"
     from cai import models
