@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
@@ -147,3 +149,67 @@ def process_block(config, constitution, block, out):
         return engine.process(block)
     finally:
         engine.cache.close()
+
+
+KEY = "sk-canary-7f3a9c2e51"
+
+
+class Stub:
+    """A tiny loopback chat-completions server (the openai backend's tests). `fail(body, attempt)` may
+    return (status, headers) or (status, headers, message) to answer with an error."""
+
+    def __init__(self, fail=None, model="stub-model", logprobs=True):
+        self.fail = fail or (lambda body, attempt: None)
+        self.model = model
+        self.logprobs = logprobs
+        self.lock = threading.Lock()
+        self.attempts: dict[str, int] = {}
+        self.in_flight = self.max_in_flight = self.requests = 0
+        self.bad_auth = 0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, status, payload, headers=()):
+                send_json(self, status, json.dumps(payload).encode(), headers)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": stub.model, "object": "model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.headers.get("Authorization") != f"Bearer {KEY}":
+                    stub.bad_auth += 1
+                last = body["messages"][-1]["content"]
+                with stub.lock:
+                    stub.requests += 1
+                    stub.in_flight += 1
+                    stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                    attempt = stub.attempts[last] = stub.attempts.get(last, 0) + 1
+                try:
+                    threading.Event().wait(0.01)
+                    failure = stub.fail(body, attempt)
+                    if failure:
+                        status, headers, *message = failure
+                        return self._send(status, {"error": {"message": (message or ["injected"])[0]}}, headers)
+                    msg = {"role": "assistant", "content": f"echo: {last}"}
+                    choice = {"index": 0, "message": msg, "finish_reason": "stop"}
+                    if body.get("logprobs") and stub.logprobs:
+                        top = [{"token": " A", "logprob": -0.2, "bytes": None},
+                               {"token": " B", "logprob": -1.8, "bytes": None}]
+                        choice["logprobs"] = {"content": [{"token": " A", "logprob": -0.2, "bytes": None,
+                                                           "top_logprobs": top}]}
+                    self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
+                                     "model": stub.model, "choices": [choice]})
+                finally:
+                    with stub.lock:
+                        stub.in_flight -= 1
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
