@@ -22,7 +22,7 @@ import re
 import time
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from cai import shipped
 from cai.backends import Sampling
@@ -34,6 +34,7 @@ from cai.field_errors import StrictModel
 from cai.judge import Comparison, Judge
 from cai.runfiles import write_json
 from cai.stats import mean_figure, proportion
+from cai.train.config import flag_problems
 
 TEST_SIZE = 0.1  # the pipelines' default test_size: these prompts are held out of generated datasets
 COMMIT_EVERY = 16  # calls per cache commit: what an interrupt can lose
@@ -60,10 +61,17 @@ class EvalConfig(StrictModel):
     prompts: list[str] = []
     judge_model: ModelSpec | None = None  # default: the baseline
     constitution: str | None = None
-    limit: int | None = Field(None, gt=0)
-    max_new_tokens: int = Field(128, gt=0)
-    principles: int = Field(2, gt=0)
+    limit: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    principles: int = Field(2, ge=1)
     seed: int = 0
+
+    def __init__(self, **values):
+        """Built from command-line flags: a bad value is one line naming the flag (exit 2), not pydantic's dump."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise InputError(flag_problems(exc, EvalConfig)) from None
 
     @field_validator("model", "baseline", "judge_model", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, ValidationError
 
 from cai import shipped
-from cai.errors import InputError
+from cai.errors import InputError, Problem
 from cai.field_errors import StrictModel as _Strict, pydantic_problems
 from cai.yamlio import load_model
 
@@ -108,6 +108,10 @@ def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfi
     try:
         return TrainConfig.model_validate({**data, **changes})
     except ValidationError as exc:
-        problems = pydantic_problems(exc, "command line", lambda loc: None, TrainConfig)
-        raise InputError([replace(p, field="--" + p.field.split(".")[0].replace("_", "-"))
-                          for p in problems]) from None
+        raise InputError(flag_problems(exc, TrainConfig)) from None
+
+
+def flag_problems(exc: ValidationError, model_cls) -> list[Problem]:
+    """A config built from command-line flags: each pydantic error as `command line: --flag: message`."""
+    problems = pydantic_problems(exc, "command line", lambda loc: None, model_cls)
+    return [replace(p, field="--" + p.field.split(".")[0].replace("_", "-")) for p in problems]
