@@ -129,14 +129,46 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+HUB_PROBE_SECONDS = 3.0  # how long a TCP connect to the hub may take before it counts as unreachable
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def check_checkpoint(path: Path) -> None:
+    """Raise ModelNotFound unless the folder holds what a load needs: config, tokenizer and weights.
+
+    Told from file names alone, before any load: a folder with only config.json is one line,
+    not transformers' four-line tokenizer error after minutes of other work.
+    """
+    if not (path / "config.json").is_file():
+        raise ModelNotFound("not a transformers checkpoint (no config.json)")
+    missing = []
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(f"tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    if not (any(path.glob("*.safetensors")) or any(w.name != "training_args.bin" for w in path.glob("*.bin"))):
+        missing.append("weights (*.safetensors or *.bin)")
+    if missing:
+        raise ModelNotFound(f"incomplete checkpoint folder: no {' and no '.join(missing)}")
+
+
+def looks_local(spec: str) -> bool:
+    """A name meant as a folder, not a hub id: `./x`, `/x`, `~/x`, `a/b/c`, or `models/sft` when `models` exists."""
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
+        return True
+    return "/" in spec and Path(spec.split("/", 1)[0]).exists()
+
+
 def resolve(spec: str | None) -> ModelRef:
-    """`embedded`/None, a local checkpoint directory, or a hub id."""
+    """`embedded`/None, a local checkpoint directory, or a hub id.
+
+    Fails at once, without loading or downloading anything, on a folder that is missing or
+    incomplete and on a hub id that is neither in the Hugging Face cache nor reachable.
+    """
     if spec in (None, "", EMBEDDED):
         return embedded_checkpoint()
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFound("not a transformers checkpoint (no config.json)")
+        check_checkpoint(path)
         weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         digest = hashlib.sha256((path / "config.json").read_bytes())
         for w in weights:
@@ -144,8 +176,62 @@ def resolve(spec: str | None) -> ModelRef:
         return ModelRef(str(path.resolve()), f"{path.resolve().name}@sha256:{digest.hexdigest()[:16]}")
     if path.suffix == ".gguf" or path.exists():
         raise ModelNotFound("give a checkpoint directory, a hub id or `embedded`")
-    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
+    if looks_local(spec):
         raise ModelNotFound("no such checkpoint directory")
     # A hub id: identity pins the revision when one is given as id@rev.
     repo, _, rev = spec.partition("@")
-    return ModelRef(repo, f"{repo}@{rev or 'main'}", rev or None)
+    return _hub_ref(repo, rev or None)
+
+
+def _hub_ref(repo: str, rev: str | None) -> ModelRef:
+    """A hub id, checked without downloading: in the local cache, or the hub answers a TCP connect.
+
+    Otherwise transformers would retry for about 50 s and then print four lines. A cached model
+    with the hub out of reach (or offline mode set) loads from its cached folder, asking nothing.
+    """
+    identity = f"{repo}@{rev or 'main'}"
+    snapshot = _cached_snapshot(repo, rev)
+    offline = next((v for v in OFFLINE_VARIABLES
+                    if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")), None)
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    if not offline and _reachable(endpoint):
+        return ModelRef(repo, identity, rev)
+    if snapshot is not None:
+        check_checkpoint(snapshot)
+        return ModelRef(str(snapshot), identity)
+    if offline:
+        raise ModelNotFound(f"not a local folder and not in the Hugging Face cache ({offline} is set)")
+    raise ModelNotFound(f"not a local folder, not in the Hugging Face cache, and {endpoint} cannot be reached")
+
+
+def _cached_snapshot(repo: str, rev: str | None) -> Path | None:
+    """The cached snapshot folder of a hub model (by its config.json), or None; no network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, "config.json", revision=rev or "main")
+    except Exception:  # noqa: BLE001 - an id the hub library rejects is simply not cached
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+_probed: dict[tuple[str, int], bool] = {}
+
+
+def _reachable(endpoint: str) -> bool:
+    """Whether a TCP connection to the endpoint (or the proxy that serves it) opens within HUB_PROBE_SECONDS."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    proxy = None if urllib.request.proxy_bypass(url.hostname or "") else urllib.request.getproxies().get(url.scheme)
+    target = urlsplit(proxy if "://" in proxy else f"http://{proxy}") if proxy else url
+    key = (target.hostname or "", target.port or (443 if target.scheme == "https" else 80))
+    if key not in _probed:
+        try:
+            socket.create_connection(key, timeout=HUB_PROBE_SECONDS).close()
+            _probed[key] = True
+        except OSError:
+            _probed[key] = False
+    return _probed[key]

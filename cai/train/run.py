@@ -16,21 +16,31 @@ from cai.errors import InputError, Problem
 from cai.train.config import TrainConfig
 
 
-def _resolve_model(spec: str):
+def _resolve_model(spec: str, flag: str = "--model"):
+    """A missing, incomplete or unreachable model is one line and exit 2, before anything loads."""
     from cai.models import ModelNotFound, resolve
 
     try:
         return resolve(spec)
     except ModelNotFound as exc:
-        raise InputError([Problem("--model", None, "", f"{spec}: {exc}")]) from None
+        raise InputError([Problem(flag, None, "", f"{spec}: {exc}")]) from None
+
+
+def _given_reward_model(config: TrainConfig) -> str | None:
+    """PPO/GRPO's --reward-model, checked like --model (a folder with config, tokenizer and weights)."""
+    given = {"ppo": config.ppo, "grpo": config.grpo}.get(config.algo)
+    given = given.reward_model if given else None
+    if given:
+        if not Path(given).expanduser().is_dir():
+            raise InputError([Problem("--reward-model", None, "", f"{given}: not a checkpoint folder")])
+        _resolve_model(given, "--reward-model")
+    return given
 
 
 def _reward_model_for(config: TrainConfig, out: Path, console) -> str:
     """The reward model for PPO/GRPO: the one given, or one trained first from the same data."""
-    given = (config.ppo if config.algo == "ppo" else config.grpo).reward_model
+    given = _given_reward_model(config)
     if given:
-        if not (Path(given) / "config.json").is_file():
-            raise InputError([Problem("--reward-model", None, "", f"{given}: not a checkpoint folder")])
         return given
     rm_out = out / "reward_model"
     if not (rm_out / "config.json").is_file():
@@ -56,6 +66,8 @@ def train(config: TrainConfig, console=None, reward_fn=None, callbacks=()) -> di
     hf_logging.disable_progress_bar()
     source = data.locate(config.data)
     ref = _resolve_model(config.model)
+    if reward_fn is None:
+        _given_reward_model(config)  # a bad one fails now, not after the tokenizer and policy load
     out = config.resolved_out()
     tok = trl_algos.load_tokenizer(ref.path)
     progress = outputs.TrainProgress(console, label=config.algo)
