@@ -4,8 +4,11 @@ A stage batch becomes concurrent requests, at most `concurrency` in flight.
 Retries are the openai client's own: exponential backoff with jitter that
 honours Retry-After, on 429, 5xx, timeouts and dropped connections. A request
 that still fails comes back as CallFailed, so the engine keeps its example
-for the next run instead of losing the batch. The API key is read from the
-environment variable the pipeline names and lives only in the client.
+for the next run instead of losing the batch. A request gets no answer for
+at most timeout x (max_retries + 1); once `concurrency` requests in a row (at
+least 3) got none, the server has stopped answering: the batch's other calls
+fail at once, pending, instead of each waiting as long. The API key is read
+from the environment variable the pipeline names and lives only in the client.
 """
 
 from __future__ import annotations
@@ -29,12 +32,29 @@ class UnknownModel(ValueError):
     pass
 
 
+class _Stopped(Exception):
+    pass
+
+
+async def _unless(stop: asyncio.Event, call):
+    """Await `call`, cancelling it if `stop` is set first (then raise _Stopped)."""
+    task, halt = asyncio.ensure_future(call), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, halt}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        halt.cancel()
+    if not task.done():
+        task.cancel()
+        raise _Stopped
+    return task.result()
+
+
 class OpenAIBackend:
     supports_logprobs = True  # via top_logprobs; a server without them fails the call clearly
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6,
-                 extra_body: dict | None = None, **_):
+                 concurrency: int = 16, timeout: float = 60.0, max_retries: int = 2,
+                 preflight_timeout: float = 10.0, extra_body: dict | None = None, **_):
         key = os.environ.get(api_key_env)
         if not key:
             raise MissingAPIKey(f"environment variable {api_key_env} is not set (it holds the API key)")
@@ -47,14 +67,21 @@ class OpenAIBackend:
         # requests: calls made; attempts: HTTP tries, so attempts - requests = the client's retries.
         self.stats = {"requests": 0, "attempts": 0, "retries": 0, "failed": 0}
         self._client_args = dict(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries)
-        self._preflight()
+        self._preflight(preflight_timeout)
 
-    def _preflight(self) -> None:
-        """Fail in seconds, before any long work, on an unreachable server or an unserved model."""
-        args = {**self._client_args, "max_retries": 1, "timeout": 15.0}
+    def _preflight(self, seconds: float) -> None:
+        """Fail in seconds, before any long work, on an unreachable server or an unserved model.
+
+        One try: a server that accepts the connection but does not answer within `seconds`
+        (options.preflight_timeout) will not answer the run's requests either.
+        """
+        args = {**self._client_args, "max_retries": 0, "timeout": seconds}
         with openai.OpenAI(**args) as client:
             try:
                 served = [m.id for m in client.models.list()]
+            except openai.APITimeoutError:
+                raise ConnectionError(f"cannot reach {client.base_url}: no answer within {seconds:g} s "
+                                      "(options.preflight_timeout)") from None
             except openai.APIConnectionError as exc:
                 raise ConnectionError(f"cannot reach {client.base_url}: {exc}") from None
             except openai.AuthenticationError as exc:
@@ -73,15 +100,29 @@ class OpenAIBackend:
             http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count_attempt]})
             async with openai.AsyncOpenAI(**self._client_args, http_client=http) as client:
                 gate = asyncio.Semaphore(self.concurrency)
+                silent, stop = [0], asyncio.Event()  # requests in a row that got no answer, after retries
 
                 async def one(job):
                     async with gate:
-                        self.stats["requests"] += 1
                         try:
-                            return await job(client)
-                        except (openai.APIError, ValueError) as exc:
-                            self.stats["failed"] += 1
-                            return CallFailed(f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+                            if stop.is_set():
+                                self.stats["failed"] += 1
+                                return CallFailed(f"not sent: {self._stopped(silent[0])}")
+                            self.stats["requests"] += 1
+                            try:
+                                answer = await _unless(stop, job(client))
+                            except _Stopped:
+                                self.stats["failed"] += 1
+                                return CallFailed(f"abandoned: {self._stopped(silent[0])}")
+                            except (openai.APIError, ValueError) as exc:
+                                # A timeout is an APIConnectionError too: the server is silent, not refusing.
+                                silent[0] = silent[0] + 1 if isinstance(exc, openai.APIConnectionError) else 0
+                                if silent[0] >= max(3, self.concurrency):
+                                    stop.set()
+                                self.stats["failed"] += 1
+                                return CallFailed(self._failure(exc))
+                            silent[0] = 0
+                            return answer
                         finally:
                             if progress:
                                 progress(unit)
@@ -92,6 +133,17 @@ class OpenAIBackend:
             return asyncio.run(main())
         finally:
             self.stats["retries"] = self.stats["attempts"] - self.stats["requests"]
+
+    @staticmethod
+    def _stopped(count: int) -> str:
+        return f"the server stopped answering ({count} requests in a row timed out or could not connect)"
+
+    def _failure(self, exc: Exception) -> str:
+        if isinstance(exc, openai.APITimeoutError):
+            args = self._client_args
+            return (f"APITimeoutError: no answer within {args['timeout']:g} s, {args['max_retries'] + 1} tries "
+                    "(options.timeout, options.max_retries)")
+        return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
              progress: Progress | None = None) -> list[str | CallFailed]:

@@ -39,7 +39,11 @@ class OpenAIOptions(StrictModel):
     base_url: str | None = None  # the server's /v1 URL (default: OpenAI's)
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key, never the key
     concurrency: int = Field(16, gt=0, le=1024)  # requests in flight
-    timeout: float = Field(120.0, gt=0)  # seconds per request
+    # A hung request costs timeout x (max_retries + 1): 3 min at these defaults, not 14. Raise
+    # timeout for a slow local server (long answers on a CPU, requests queued behind others).
+    timeout: float = Field(60.0, gt=0)  # seconds per attempt of a request
+    max_retries: int = Field(2, ge=0, le=20)  # on 429, 5xx, timeouts, dropped connections (Retry-After honoured)
+    preflight_timeout: float = Field(10.0, gt=0)  # seconds for the model list at start; no retry
     # Server-specific request fields, e.g. {repeat_penalty: 1.0} for llama.cpp or
     # {repetition_penalty: 1.1} for vLLM (the OpenAI API itself rejects unknown fields).
     extra_body: dict = {}
