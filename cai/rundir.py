@@ -48,6 +48,8 @@ def check_out(path: str | Path, flag: str = "--out") -> Path:
 
 
 def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:  # an existing folder where files cannot be made (/proc, ...)
+        return "cannot create files there"
     why = exc.strerror or type(exc).__name__
     return f"not writable ({why})" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else why
 
@@ -66,6 +68,7 @@ def _holder(fh) -> str:
 def lock(folder: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock on `folder` (created if missing); a second holder gets InUse (exit 2)."""
     folder = Path(folder)
+    made = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fh = open(folder / LOCK, "a+", encoding="utf-8")
@@ -81,7 +84,14 @@ def lock(folder: str | Path) -> Iterator[Path]:
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
-        yield folder
+        try:
+            yield folder
+        except BaseException:
+            # A command that failed before writing anything (a bad --model, ...) leaves no folder behind.
+            if made and [p.name for p in folder.iterdir()] == [LOCK]:
+                (folder / LOCK).unlink()
+                folder.rmdir()
+            raise
     finally:
         fh.close()  # closing the descriptor releases the lock
 

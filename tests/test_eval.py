@@ -82,6 +82,8 @@ def test_a_bad_model_fails_before_any_generation(tmp_path, monkeypatch):
     good = tmp_path / "trained"
     good.mkdir()
     (good / "config.json").write_text("{}")
+    (good / "tokenizer.json").write_text("{}")  # a complete checkpoint folder, as far as the check looks
+    (good / "model.safetensors").write_bytes(b"")
     with pytest.raises(InputError) as info:
         run_eval(EvalConfig(model=str(good), baseline=str(tmp_path / "missing"), judge_model="./nope",
                             out=str(tmp_path / "e"), limit=1))
