@@ -353,3 +353,14 @@ def test_an_api_that_rejects_every_request_is_not_called_a_quality_problem(tmp_p
     assert res.exit_code == 1
     assert "all 3 prompts failed" in res.stderr and "quality gates" not in res.stderr
     assert res.stdout.strip() == ""  # no dataset path to point at
+
+
+def test_a_writer_that_fails_on_bad_input_leaves_no_folder_behind(tmp_path):
+    out = tmp_path / "eval-out"
+    res = cai("eval", "--model", tmp_path / "nope", "--out", out)
+    assert res.exit_code == 2 and "--model" in one_line(res)
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert cai("eval", "--model", tmp_path / "nope", "--out", kept).exit_code == 2
+    assert kept.is_dir()  # a folder the user made is never removed
