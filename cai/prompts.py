@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -53,7 +54,7 @@ def _json(path: Path) -> Iterator[Row]:
         yield (i + 1, obj if isinstance(obj, dict) else {"prompt": obj})
 
 
-def _csv(path: Path) -> Iterator[Row]:
+def _csv(path: Path, field: str = "prompt") -> Iterator[Row]:
     raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # Excel's "CSV UTF-8" starts with one
     try:
         text = raw.decode("utf-8")
@@ -61,8 +62,23 @@ def _csv(path: Path) -> Iterator[Row]:
         line = raw[: exc.start].count(b"\n") + 1
         raise InputError([Problem(str(path), line, "", f"not UTF-8 ({exc.reason})")]) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is not None and field not in reader.fieldnames:
+        raise InputError([_no_header(path, field, reader.fieldnames)])
     for obj in reader:
         yield reader.line_num, obj
+
+
+COLUMN_NAME = re.compile(r"[A-Za-z_][\w .-]{0,39}")
+
+
+def _no_header(path: Path, field: str, first: list[str]) -> Problem:
+    """The first row names no prompt column: a missing header (data in row 1), or a header naming another one."""
+    names = [c.strip() for c in first if c.strip()]
+    if names and all(COLUMN_NAME.fullmatch(c) and len(c.split()) <= 3 for c in names):
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        return Problem(str(path), 1, "", f"no {field!r} column: the header row names {shown} (name the prompt "
+                                         f"column {field!r}, or set field: in the pipeline's prompt source)")
+    return Problem(str(path), 1, "", f"no header row: the first line must name the columns (e.g. {field},id,category)")
 
 
 def _parquet(path: Path) -> Iterator[Row]:
@@ -108,7 +124,7 @@ def _rows(source: PromptSource) -> Iterator[Row]:
     if suffix == ".json":
         return _json(path)
     if suffix == ".csv":
-        return _csv(path)
+        return _csv(path, source.field)
     if suffix == ".parquet" and not path.is_dir():
         return _parquet(path)
     if path.is_dir() or source.path.startswith("hf:"):
@@ -117,10 +133,10 @@ def _rows(source: PromptSource) -> Iterator[Row]:
 
 
 def load_prompts(sources: list[PromptSource], limit: int | None = None) -> list[dict]:
-    """Examples {id, prompt, category, source}; with `limit`, taken round-robin across sources
+    """Examples {id, prompt, category, source, where}; with `limit`, taken round-robin across sources
     so a small run still sees every set."""
     problems: list[Problem] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, int, str]] = {}  # id -> (path, line or row, file name) of its first use
     per_source: list[list[dict]] = []
     for source in sources:
         name = Path(source.path).name if not source.path.startswith("hf:") else source.path
@@ -140,13 +156,24 @@ def load_prompts(sources: list[PromptSource], limit: int | None = None) -> list[
                 if raw_id is not None and not isinstance(raw_id, (str, int)):
                     problems.append(Problem(*where, f"{field}id", "must be a string or an integer"))
                     continue
-                ex_id = str(raw_id) if raw_id not in (None, "") else "p-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+                given = raw_id not in (None, "")
+                ex_id = str(raw_id) if given else "p-" + hashlib.sha256(text.encode()).hexdigest()[:12]
                 if ex_id in seen:
-                    problems.append(Problem(*where, f"{field}id", f"duplicate id {ex_id!r} (first at {seen[ex_id]})"))
+                    first_path, first_n, first_name = seen[ex_id]
+                    if given:
+                        problems.append(Problem(*where, f"{field}id", f"duplicate id {ex_id!r} (first at {first_name}:{first_n})"))
+                    else:  # the id is derived from the text: name the user's own lines, not a made-up id
+                        unit = "row" if where_unit else "line"
+                        first = (f"{unit} {first_n}" if first_path == source.path
+                                 else f"{first_path} {unit} {first_n}" if where_unit else f"{first_path}:{first_n}")
+                        again = " (the file is listed twice)" if (first_path, first_n) == (source.path, n) else ""
+                        problems.append(Problem(*where, f"{field}{source.field}", f"duplicate of {first}{again}"))
                     continue
-                seen[ex_id] = f"{name}:{n}"
+                seen[ex_id] = (source.path, n, name)
                 category = obj.get("category") or source.category
-                examples.append({"id": ex_id, "prompt": text, "category": str(category) if category else None, "source": name})
+                examples.append({"id": ex_id, "prompt": text, "category": str(category) if category else None, "source": name,
+                                 # where the prompt is, for later checks' messages (file, line, field)
+                                 "where": (*where, f"{field}{source.field}")})
         except InputError as exc:  # the file cannot be read further: keep what was found, check the other files
             problems += exc.problems
         except OSError as exc:  # e.g. a directory named like a prompt file, no permission
