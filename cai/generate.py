@@ -10,6 +10,7 @@ import time
 
 from cai import __version__, dataset
 from cai import versions as dataset_versions
+from cai.backends.context import overlong_prompts
 from cai.backends.loading import LazyBackend, close
 from cai.config import PipelineConfig
 from cai.constitution import load_constitution
@@ -39,6 +40,7 @@ def check_inputs(config: PipelineConfig):
         examples = load_prompts(config.prompts, config.limit)
     except InputError as exc:
         problems += exc.problems
+    problems += overlong_prompts(config, examples)  # each prompt must fit the policy model whole
     if problems:
         raise InputError(problems)
     return constitution, examples
@@ -53,8 +55,8 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
     when its spec has the policy's identity.
     """
     started = time.time()
+    check_out(config.resolved_out())  # first: it is instant, and counting prompts resolves the model
     constitution, examples = check_inputs(config)
-    check_out(config.resolved_out())
     owned = []
     try:
         if backend is None:

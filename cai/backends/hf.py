@@ -3,6 +3,12 @@
 Throughput on CPU comes from batching: conversations are sorted by length so
 each micro-batch wastes little padding, padded on the left so every row's
 generation starts at the same position, and run under inference_mode.
+
+Nothing is cut: a conversation longer than `max_input_tokens` (or than the
+model's context less the reply) comes back as a CallFailed naming its length
+and the limit, so its record fails with that reason instead of being answered
+from a headless prompt. Prompts are checked against the same limit at input
+check (cai/backends/context.py), before any weights load.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from cai import models
-from cai.backends import Conversation, Progress, Sampling, prompt_ids
+from cai.backends import CallFailed, Conversation, Progress, Sampling, prompt_ids
+from cai.backends.context import DEFAULT_MAX_INPUT_TOKENS, model_context
 from cai.backends.specs import identity
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,7 +32,7 @@ class TransformersBackend:
     supports_logprobs = True
 
     def __init__(self, model: str | None = None, batch_size: int = 32, device: str | None = None,
-                 dtype: str = "float32", max_input_tokens: int = 4096):
+                 dtype: str = "float32", max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS):
         # Our own progress shows per stage; transformers' per-load bars are noise there.
         hf_logging.disable_progress_bar()
         ref = models.resolve(model)
@@ -40,10 +47,19 @@ class TransformersBackend:
         self.model = AutoModelForCausalLM.from_pretrained(
             ref.path, revision=ref.revision, dtype=DTYPES[dtype]
         ).to(self.device).eval()
+        self.context = model_context(self.model.config)  # positions the model has, prompt and reply together
 
     def _encode(self, conversation: Conversation) -> list[int]:
-        # Keep the end of an over-long conversation: the latest request matters most.
-        return prompt_ids(self.tokenizer, conversation)[-self.max_input_tokens:]
+        return prompt_ids(self.tokenizer, conversation)
+
+    def _too_long(self, ids: list[int], reply_tokens: int) -> CallFailed | None:
+        """Why a conversation cannot be taken whole (it is never cut), or None when it fits."""
+        limit, why = self.max_input_tokens, "options.max_input_tokens"
+        if self.context is not None and self.context - reply_tokens < limit:
+            limit, why = self.context - reply_tokens, f"its context of {self.context} tokens less {reply_tokens} for the reply"
+        if len(ids) <= limit:
+            return None
+        return CallFailed(f"conversation is {len(ids)} tokens; the model takes at most {limit} input tokens ({why})")
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -54,16 +70,22 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
-             progress: Progress | None = None) -> list[str]:
+             progress: Progress | None = None) -> list[str | CallFailed]:
         encoded = [self._encode(c) for c in conversations]
-        out: list[str] = [""] * len(encoded)
+        out: list[str | CallFailed] = [""] * len(encoded)
+        for i, ids in enumerate(encoded):
+            out[i] = self._too_long(ids, sampling[i].max_new_tokens) or ""
+        refused = [i for i in range(len(encoded)) if isinstance(out[i], CallFailed)]
+        if refused and progress:
+            progress(len(refused))
 
         def settings(i: int) -> tuple:
             s = sampling[i]
             return (s.max_new_tokens, s.greedy, s.temperature, s.top_p, s.repetition_penalty)
 
         # generate() takes one set of settings per call: group by them, then by length.
-        order = sorted(range(len(encoded)), key=lambda i: (settings(i), len(encoded[i])))
+        order = sorted((i for i in range(len(encoded)) if not isinstance(out[i], CallFailed)),
+                       key=lambda i: (settings(i), len(encoded[i])))
         for _, group in groupby(order, key=settings):
             group = list(group)
             for start in range(0, len(group), self.batch_size):
@@ -94,9 +116,17 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
-                        progress: Progress | None = None) -> list[list[float]]:
+                        progress: Progress | None = None) -> list[list[float] | CallFailed]:
         choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
         prefixes = [self._encode(c) for c in conversations]
+        longest = max((len(ids) for ids in choice_ids), default=0)
+        refused = {i: f for i, ids in enumerate(prefixes) if (f := self._too_long(ids, longest))}
+        if refused:  # score the rest; the refused come back as their CallFailed
+            if progress:
+                progress(len(refused) * len(choices))
+            keep = [i for i in range(len(prefixes)) if i not in refused]
+            scored = iter(self.choice_logprobs([conversations[i] for i in keep], choices, progress) if keep else [])
+            return [refused[i] if i in refused else next(scored) for i in range(len(prefixes))]
         if all(len(ids) == 1 for ids in choice_ids):
             return self._next_token_logprobs(prefixes, [ids[0] for ids in choice_ids], progress)
         pairs = [(ci, k) for ci in range(len(conversations)) for k in range(len(choices))]
