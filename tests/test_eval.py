@@ -90,3 +90,18 @@ def test_a_bad_model_fails_before_any_generation(tmp_path, monkeypatch):
     flags = [p.file for p in info.value.problems]
     assert flags == ["--baseline", "--judge-model"] and not loaded
     assert not (tmp_path / "e").exists()
+
+
+def test_failed_calls_stop_the_eval_with_one_line_not_a_type_error():
+    from cai.backends import CallFailed
+    from cai.eval.run import _answered, _yes_probability
+
+    with pytest.raises(RuntimeError, match=r"1 of 2 trained model calls failed \(first: conversation is 9000 tokens"):
+        _answered(["ok", CallFailed("conversation is 9000 tokens; the model takes at most 4096")], "trained model")
+
+    class Judge:
+        def choice_logprobs(self, convs, choices):
+            return [[-0.1, -2.0], CallFailed("timeout")]
+
+    with pytest.raises(RuntimeError, match="1 of 2 judge calls failed"):
+        _yes_probability(Judge(), "{prompt} {answer}?", [("p", "a"), ("q", "b")])

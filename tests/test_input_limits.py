@@ -260,3 +260,15 @@ def test_a_byte_level_tokenizer_never_makes_more_tokens_than_bytes(tokenizer):
     for conv in ([{"role": "user", "content": t}] for t in texts):
         text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
         assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= len(text.encode())
+
+
+def test_the_limit_the_message_names_is_an_option_a_user_can_set(tmp_path):
+    from typer.testing import CliRunner
+
+    from cai import cli
+    from helpers import write_pipeline
+
+    pipeline = write_pipeline(tmp_path, n_prompts=2, backend="transformers", model="embedded", max_input_tokens=8)
+    res = CliRunner().invoke(cli.app, ["generate", str(pipeline), "--plan"])
+    assert res.exit_code == 2
+    assert "prompts.jsonl:1: prompt: is " in res.stderr and "at most 8 input tokens" in res.stderr

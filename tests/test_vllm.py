@@ -47,6 +47,9 @@ def test_vllm_greedy_answers_match_transformers(vllm_python, tmp_path):
     for row, ref_row in zip(got["logprobs"], ref):
         assert row == pytest.approx(ref_row, abs=0.05)
     assert got["identity"].endswith("|vllm|float32")
+    fits, too_long = got["mixed"]
+    assert fits == got["chat"][0]
+    assert too_long.startswith("failed: conversation is ") and "at most 2048 (options.max_model_len)" in too_long
 
 
 def _pipeline(tmp_path, policy: str) -> Path:

@@ -19,7 +19,7 @@ from typing import Sequence
 from vllm import LLM, SamplingParams
 
 from cai import models
-from cai.backends import Conversation, Progress, Sampling, prompt_ids
+from cai.backends import CallFailed, Conversation, Progress, Sampling, prompt_ids
 from cai.backends.specs import identity
 
 
@@ -109,6 +109,7 @@ class VLLMBackend:
                 **({"data_parallel_size": data_parallel_size} if data_parallel_size > 1 else {}),
             )
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
 
     def close(self) -> None:
         """Stop the engine's worker processes before the interpreter exits; left to
@@ -127,11 +128,25 @@ class VLLMBackend:
                               repetition_penalty=s.repetition_penalty, seed=s.seed)
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
-             progress: Progress | None = None) -> list[str]:
-        outputs = self.llm.chat(list(conversations), [self._params(s) for s in sampling], use_tqdm=False)
+             progress: Progress | None = None) -> list[str | CallFailed]:
+        # vLLM refuses a whole batch for one prompt over max_model_len: such a conversation (one
+        # that outgrew the context in a later round) fails alone, with its reason, never cut.
+        out: list[str | CallFailed] = [""] * len(conversations)
+        fit = []
+        for i, (conv, s) in enumerate(zip(conversations, sampling)):
+            n = len(prompt_ids(self.tokenizer, conv))
+            if n + s.max_new_tokens > self.max_model_len:
+                out[i] = CallFailed(f"conversation is {n} tokens + {s.max_new_tokens} to generate; the model takes "
+                                    f"at most {self.max_model_len} (options.max_model_len)")
+            else:
+                fit.append(i)
+        outputs = self.llm.chat([conversations[i] for i in fit], [self._params(sampling[i]) for i in fit],
+                                use_tqdm=False) if fit else []
+        for i, o in zip(fit, outputs):
+            out[i] = o.outputs[0].text.strip()
         if progress:
-            progress(len(outputs))
-        return [o.outputs[0].text.strip() for o in outputs]
+            progress(len(out))
+        return out
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         progress: Progress | None = None) -> list[list[float]]:

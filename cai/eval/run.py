@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 
 from cai import shipped
-from cai.backends import Sampling
+from cai.backends import CallFailed, Sampling
 from cai.backends.loading import LazyBackend, close, precheck, spec_identity
 from cai.backends.specs import ModelSpec, model_spec
 from cai.cache import Cache, CachedBackend
@@ -148,10 +148,19 @@ def _backends(specs: dict[str, object], cache: Cache) -> dict[str, CachedBackend
     return made
 
 
+def _answered(results: list, what: str) -> list:
+    """Every call's result, or one line saying how many failed and why (the others stay cached)."""
+    failed = [r for r in results if isinstance(r, CallFailed)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(results)} {what} calls failed (first: {failed[0]}); the rest "
+                           "are cached in OUT/cache.sqlite: fix the cause and run the same command again")
+    return results
+
+
 def _yes_probability(backend, question: str, rows: list[tuple[str, str]]) -> list[float | None]:
     convs = [[{"role": "user", "content": question.format(prompt=p, answer=a)}] for p, a in rows]
     out = []
-    for yes, no in backend.choice_logprobs(convs, YES_NO) if convs else []:
+    for yes, no in _answered(backend.choice_logprobs(convs, YES_NO), "judge") if convs else []:
         out.append(None if not (math.isfinite(yes) and math.isfinite(no)) else 1 / (1 + math.exp(no - yes)))
     return out
 
@@ -195,7 +204,8 @@ def run_eval(cfg: EvalConfig, console=None, progress=None) -> dict:
             say(f"eval: {name} model answers {len(convs)} prompts")
             backend = made[flag]
             identities[name] = backend.identity
-            answers[name] = backend.chat(convs, [sampling] * len(convs), progress=bar(name, len(convs)))
+            answers[name] = _answered(backend.chat(convs, [sampling] * len(convs), progress=bar(name, len(convs))),
+                                      f"{name} model")
             if backend is not made["--judge-model"]:
                 close(backend)  # one model in memory at a time
         judge_backend = made["--judge-model"]
