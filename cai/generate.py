@@ -166,6 +166,9 @@ def describe(summary: dict) -> list[tuple[str, str]]:
     if c["failed"]:
         first = c["errors"][0]
         share = f"all {c['failed']}" if c["failed"] == c["prompts"] else str(c["failed"])
+        # A conversation over the model's context fails the same way every time: say what would help.
+        retry = ("raise that limit or use fewer rounds or few-shot examples, then run again"
+                 if "conversation is" in first["error"] else "run the same command again to retry them")
         lines.append(("error", f"{share} prompts failed and are left for the next run (first: {first['id']} at "
-                               f"{first['stage']}: {first['error']}); run the same command again to retry them"))
+                               f"{first['stage']}: {first['error']}); {retry}"))
     return lines
