@@ -1,8 +1,11 @@
 """In-process transformers backend: the CPU default, and any local or hub checkpoint.
 
-Throughput on CPU comes from batching: conversations are sorted by length so
-each micro-batch wastes little padding, padded on the left so every row's
-generation starts at the same position, and run under inference_mode.
+Generation is continuous batching (cai/backends/decode.py): up to `batch_size`
+rows decode together, a finished row leaves and a pending one joins, the
+prefix every conversation of a stage shares (system prompt, few-shot turns)
+is computed once, and each sampled row draws with its own seed. Greedy
+outputs equal one-at-a-time `generate`. Scoring (choice_logprobs) runs
+length-sorted, left-padded batches.
 
 Nothing is cut: a conversation longer than `max_input_tokens` (or than the
 model's context less the reply) comes back as a CallFailed naming its length
@@ -13,7 +16,6 @@ check (cai/backends/context.py), before any weights load.
 
 from __future__ import annotations
 
-from itertools import groupby
 from typing import Sequence
 
 import torch
@@ -21,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from cai import models
-from cai.backends import CallFailed, Conversation, Progress, Sampling, prompt_ids
+from cai.backends import CallFailed, Conversation, Progress, Sampling, decode, prompt_ids
 from cai.backends.context import DEFAULT_MAX_INPUT_TOKENS, model_context
 from cai.backends.specs import identity
 
@@ -31,15 +33,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class TransformersBackend:
     supports_logprobs = True
 
-    def __init__(self, model: str | None = None, batch_size: int = 32, device: str | None = None,
+    def __init__(self, model: str | None = None, batch_size: int | None = None, device: str | None = None,
                  dtype: str = "float32", max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS):
         # Our own progress shows per stage; transformers' per-load bars are noise there.
         hf_logging.disable_progress_bar()
         ref = models.resolve(model)
         self.identity = identity("transformers", model, dtype)
-        self.batch_size = max(1, batch_size)
         self.max_input_tokens = max_input_tokens
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # Rows decoding together: on CPU a step is compute-bound and 16 beat 32 (bench/batching.py).
+        self.batch_size = max(1, batch_size or (16 if self.device == "cpu" else 64))
         self.tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=ref.revision)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -47,7 +50,9 @@ class TransformersBackend:
         self.model = AutoModelForCausalLM.from_pretrained(
             ref.path, revision=ref.revision, dtype=DTYPES[dtype]
         ).to(self.device).eval()
-        self.context = model_context(self.model.config)  # positions the model has, prompt and reply together
+        self.context = model_context(self.model.config)
+        ends = self.model.generation_config.eos_token_id
+        self.eos = {self.tokenizer.eos_token_id, *(ends if isinstance(ends, list) else [ends] if ends is not None else [])}  # positions the model has, prompt and reply together
 
     def _encode(self, conversation: Conversation) -> list[int]:
         return prompt_ids(self.tokenizer, conversation)
@@ -79,40 +84,15 @@ class TransformersBackend:
         if refused and progress:
             progress(len(refused))
 
-        def settings(i: int) -> tuple:
-            s = sampling[i]
-            return (s.max_new_tokens, s.greedy, s.temperature, s.top_p, s.repetition_penalty)
-
-        # generate() takes one set of settings per call: group by them, then by length.
-        order = sorted((i for i in range(len(encoded)) if not isinstance(out[i], CallFailed)),
-                       key=lambda i: (settings(i), len(encoded[i])))
-        for _, group in groupby(order, key=settings):
-            group = list(group)
-            for start in range(0, len(group), self.batch_size):
-                chunk = group[start:start + self.batch_size]
-                for i, text in zip(chunk, self._generate([encoded[i] for i in chunk],
-                                                         [sampling[i] for i in chunk])):
-                    out[i] = text
-                if progress:
-                    progress(len(chunk))
+        todo = [i for i in range(len(encoded)) if not isinstance(out[i], CallFailed)]
+        rows = [decode.Row(encoded[i], sampling[i].max_new_tokens, sampling[i].repetition_penalty,
+                           0.0 if sampling[i].greedy else sampling[i].temperature, sampling[i].top_p,
+                           sampling[i].seed or 0) for i in todo]
+        new = decode.generate(self.model, rows, self.eos, self.tokenizer.pad_token_id, self.batch_size,
+                              on_finish=progress)
+        for i, ids in zip(todo, new):
+            out[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return out
-
-    def _generate(self, rows: list[list[int]], sampling: list[Sampling]) -> list[str]:
-        ids, mask = self._pad(rows)
-        s = sampling[0]
-        kwargs = dict(max_new_tokens=s.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                      eos_token_id=self.tokenizer.eos_token_id,
-                      repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None)
-        if s.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            # One generator per micro-batch: reproducible for the same batch, which the
-            # call cache then pins, since it stores the sample under its seed.
-            torch.manual_seed(hash(tuple(x.seed or 0 for x in sampling)) & 0x7FFFFFFF)
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=None)
-        generated = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        new = generated[:, ids.shape[1]:]
-        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     @torch.inference_mode()
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],

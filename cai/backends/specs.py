@@ -20,8 +20,9 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 class TransformersOptions(StrictModel):
-    # 32 rows per forward pass: ~9-10x the tokens/s of one at a time on 2 CPU cores (bench/batching.py)
-    batch_size: int = Field(32, gt=0, le=4096)
+    # Rows decoding together (continuous batching); unset: 16 on CPU, where a step is compute-bound
+    # and 16 beat 32 (bench/batching.py), 64 on a GPU.
+    batch_size: int | None = Field(None, gt=0, le=4096)
     dtype: Dtype = "float32"  # bfloat16: faster on CPUs with avx512_bf16
     # Longer prompts are rejected at input check; longer later conversations fail their record.
     max_input_tokens: int = Field(4096, gt=0)
