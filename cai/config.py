@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from cai import shipped
-from cai.backends.specs import ModelSpec, _Spec, inherit, model_spec
+from cai.backends.specs import DEFAULT_BACKEND, ModelSpec, _Spec, inherit, model_spec
 from cai.errors import InputError
 from cai.field_errors import StrictModel as _Strict, pydantic_problems
 from cai.yamlio import load_yaml
@@ -148,7 +148,7 @@ SPEC_FLAGS = {"model": ("policy", "model"), "backend": ("policy", "backend"),
 
 def _set_spec(data: dict, role: str, field: str, value) -> None:
     spec = dict(data.get(role) or {})
-    if field == "backend" and value != spec.get("backend", "transformers"):
+    if field == "backend" and value != spec.get("backend", DEFAULT_BACKEND):
         spec.pop("options", None)  # the file's options were its old backend's
     if field.startswith("options."):
         spec["options"] = {**(spec.get("options") or {}), field.split(".", 1)[1]: value}
@@ -163,7 +163,7 @@ def _flag_problem(problem, config: dict):
         if problem.field == f"{role}.{field}":
             message = problem.message
             if message.startswith("unknown key"):
-                backend = (config.get(role) or {}).get("backend", "transformers")
+                backend = (config.get(role) or {}).get("backend", DEFAULT_BACKEND)
                 message = f"the {backend} backend has no such option"
             return replace(problem, field="--" + flag.replace("_", "-"), message=message)
     head = problem.field.split(".")[0]

@@ -10,6 +10,7 @@ import time
 
 from cai import __version__, dataset
 from cai import versions as dataset_versions
+from cai.backends import auto
 from cai.backends.context import overlong_prompts
 from cai.backends.loading import LazyBackend, close
 from cai.config import PipelineConfig
@@ -23,7 +24,8 @@ from cai.runfiles import package_versions, write_json
 
 
 def check_inputs(config: PipelineConfig):
-    """Constitution and prompts, validated together so the user sees every problem at once."""
+    """Constitution and prompts, validated together so the user sees every problem at once; `auto`
+    backends settled for the job's size (the notes say what they chose)."""
     problems: list[Problem] = []
     constitution = examples = None
     try:
@@ -40,10 +42,26 @@ def check_inputs(config: PipelineConfig):
         examples = load_prompts(config.prompts, config.limit)
     except InputError as exc:
         problems += exc.problems
+    notes = settle_backends(config, len(examples or ()))
     problems += overlong_prompts(config, examples)  # each prompt must fit the policy model whole
     if problems:
         raise InputError(problems)
-    return constitution, examples
+    return constitution, examples, notes
+
+
+def settle_backends(config: PipelineConfig, n_prompts: int) -> list[str]:
+    """Replace `backend: auto` specs by the backend they choose for this job (kept per run folder)."""
+    calls = n_prompts * (1 + 2 * config.rounds)
+    if config.feedback.enabled:  # both orders per principle, at least one pair per prompt
+        calls += 2 * n_prompts * config.feedback.principles
+    out, notes = config.resolved_out(), []
+    for role, key in (("policy", "model"), ("judge", "judge")):
+        spec = getattr(config, role)
+        if spec is not None and spec.backend == "auto":
+            spec, note = auto.resolve(spec, calls, out, key)
+            setattr(config, role, spec)
+            notes.append(f"{role}: {note}" if role == "judge" else note)
+    return notes
 
 
 def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=None,
@@ -56,7 +74,9 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
     """
     started = time.time()
     check_out(config.resolved_out())  # first: it is instant, and counting prompts resolves the model
-    constitution, examples = check_inputs(config)
+    constitution, examples, notes = check_inputs(config)
+    for note in notes if progress is not None else ():
+        progress.say(note)
     owned = []
     try:
         if backend is None:
@@ -67,7 +87,7 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
             owned.append(judge)
         # One writer per run folder: a second generate on it gets exit 2.
         with lock(config.resolved_out()):
-            return _run(config, pipeline_path, backend, constitution, examples, progress, started, judge)
+            return _run(config, pipeline_path, backend, constitution, examples, progress, started, judge, notes)
     finally:
         close(*owned)
 
@@ -84,17 +104,20 @@ def _judge_info(config: PipelineConfig, backend, judge) -> tuple[dict | None, li
     return info, warn
 
 
-def _run(config, pipeline_path, backend, constitution, examples, progress, started, judge=None) -> dict:
+def _run(config, pipeline_path, backend, constitution, examples, progress, started, judge=None,
+         notes=()) -> dict:
     out = config.resolved_out()
     engine = Engine(config, constitution, backend, out, progress, judge=judge)
     judge_info, warnings = _judge_info(config, backend, judge)
+    warnings += _unsent_penalty(config)
     summary = {
         "cai_version": __version__, "status": "running", "started": started,
         "pipeline_path": pipeline_path, "config": config.model_dump(mode="json"),
         "constitution_path": config.constitution, "constitution_sha256": constitution.sha256,
         "constitution": {"path": config.constitution, "name": constitution.name,
                          "version": constitution.version, "sha256": constitution.sha256},
-        "model": {"backend": config.policy.backend, "spec": config.policy.model, "identity": backend.identity},
+        "model": {"backend": config.policy.backend, "spec": config.policy.model, "identity": backend.identity,
+                  "chosen_by": next((n for n in notes if n.startswith("backend auto")), None)},
         "judge": judge_info, "warnings": warnings,
         "fingerprint": engine.fingerprint, "versions": package_versions(),
     }
@@ -132,6 +155,17 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
     summary["counts"]["quarantined"] = sum(map(len, quarantined.values()))
     write_json(out / "run.json", summary)
     return summary
+
+
+def _unsent_penalty(config: PipelineConfig) -> list[str]:
+    """An API policy that cannot be sent the stages' repetition penalty behaves unlike in-process."""
+    penalties = sorted({s.repetition_penalty for s in vars(config.sampling).values()
+                        if getattr(s, "repetition_penalty", 1.0) != 1.0})
+    if config.policy.backend != "openai" or config.policy.options.repetition_penalty_field or not penalties:
+        return []
+    return [f"the stages' repetition_penalty ({', '.join(map(str, penalties))}) is not sent to the openai backend "
+            "(the OpenAI API has no such field): revisions may copy their critique. For a server that takes one, "
+            "set policy.options.repetition_penalty_field (vLLM, TGI, SGLang: repetition_penalty)"]
 
 
 def _quarantine_warnings(quarantined: dict) -> list[str]:

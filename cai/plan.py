@@ -45,7 +45,7 @@ class _Planned:
 
 def plan(config: PipelineConfig) -> dict:
     """What `cai generate` with this config would do: records reused or rebuilt, model calls per stage."""
-    constitution, examples = check_inputs(config)
+    constitution, examples, notes = check_inputs(config)
     precheck(config.policy)
     policy = _Planned(spec_identity(config.policy))
     judge = None
@@ -62,7 +62,8 @@ def plan(config: PipelineConfig) -> dict:
     finally:
         engine.cache.close()
     s = engine.collect_stats()
-    return {"prompts": len(examples), "records_reused": s.resumed, "records_rebuilt": len(todo),
+    return {"prompts": len(examples), "backend": config.policy.backend, "backend_notes": notes,
+            "records_reused": s.resumed, "records_rebuilt": len(todo),
             "records_with_new_text": changed, "model_calls": s.model_calls, "judge_calls": s.judge_calls,
             "cache_hits": s.cache_hits, "calls_by_stage": dict(sorted(s.stage_calls.items())),
             # A damaged shard is moved aside by the run (not by a plan); its examples count as rebuilt.
@@ -71,7 +72,7 @@ def plan(config: PipelineConfig) -> dict:
 
 def describe(p: dict) -> str:
     stages = ", ".join(f"{k} {v}" for k, v in p["calls_by_stage"].items()) or "none"
-    return (f"plan: {p['prompts']} prompts: {p['records_reused']} records reused as they are, "
+    return ("".join(f"{n}\n" for n in p.get("backend_notes", ())) + f"plan: {p['prompts']} prompts: {p['records_reused']} records reused as they are, "
             f"{p['records_rebuilt']} rebuilt ({p['records_with_new_text']} with new model text); "
             f"{p['model_calls']} model calls to make ({stages}), {p['cache_hits']} answered from the cache"
             + "".join(f"; records/{d['shard']} line {d['line']} is damaged (the run moves it aside)"

@@ -71,6 +71,10 @@ class StageProgress:
         if t["start"] is None:
             t["start"] = time.monotonic()
 
+    def say(self, line: str) -> None:
+        """A one-line message above the bars (e.g. which backend `auto` chose)."""
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     def note(self, stage: str, text: str) -> None:
         """A short status beside the bar (training shows its latest loss here)."""
         t = self._tasks[stage]

@@ -107,3 +107,36 @@ def test_bad_api_setups_fail_fast_with_one_line(stub, tmp_path):
     for res in (no_key, unserved, unreachable):
         assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_stage_repetition_penalty_goes_in_the_field_the_server_names(monkeypatch):
+    """The OpenAI API has no repetition penalty; servers that have one are sent the stage's value in
+    the field `repetition_penalty_field` names, and that choice is part of the identity."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    bodies = []
+    stub = Stub(lambda body, attempt: bodies.append(body))
+    try:
+        plain = create("openai", model="stub-model", base_url=stub.url, extra_body={"top_k": 5})
+        plain.chat(convs(1), [Sampling(repetition_penalty=1.1)])
+        assert "repetition_penalty" not in bodies[-1] and bodies[-1]["top_k"] == 5
+        named = create("openai", model="stub-model", base_url=stub.url, extra_body={"top_k": 5},
+                       repetition_penalty_field="repetition_penalty")
+        named.chat(convs(2), [Sampling(repetition_penalty=1.1), Sampling()])
+        sent = sorted(bodies[-2:], key=lambda b: b["messages"][-1]["content"])
+        assert sent[0]["repetition_penalty"] == 1.1 and sent[0]["top_k"] == 5
+        assert "repetition_penalty" not in sent[1]  # 1.0: nothing to send
+    finally:
+        stub.close()
+    assert plain.identity == 'api:stub-model|{"top_k": 5}'  # unchanged: existing caches stay valid
+    assert named.identity == 'api:stub-model|{"top_k": 5}|penalty:repetition_penalty'
+
+
+def test_a_run_warns_when_the_penalty_cannot_reach_the_server(stub, tmp_path):
+    pipeline = write_pipeline(tmp_path, 2, backend="openai", model="stub-model", base_url=stub.url,
+                              sampling={"respond": {"repetition_penalty": 1.1}})
+    done = subprocess.run([sys.executable, "-m", "cai", "generate", str(pipeline), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": KEY}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (warning,) = [w for w in json.loads((tmp_path / "run" / "run.json").read_text())["warnings"] if "not sent" in w]
+    assert "repetition_penalty (1.1)" in warning and "policy.options.repetition_penalty_field" in warning
+    assert "not sent to the openai backend" in done.stderr

@@ -85,3 +85,94 @@ def test_a_vllm_engine_that_cannot_start_names_its_root_cause(vllm_python, tmp_p
     assert done.returncode == 1
     (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert "vLLM could not start" in error and "less than desired CPU memory utilization" in error, error
+
+
+def test_backend_auto_chooses_vllm_for_a_large_enough_job_and_keeps_it(vllm_python, tmp_path):
+    # 4 prompts x 3 calls = 12 planned; from 12 vLLM is repaid here, so auto picks it, with vLLM's
+    # own defaults (no options, no VLLM_CPU_KVCACHE_SPACE) on this CPU-only machine.
+    pipeline = _pipeline(tmp_path, "{backend: auto, model: embedded, options: {vllm_min_calls: 12}}")
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    done = subprocess.run([vllm_python, "-m", "cai", "generate", str(pipeline), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "backend auto: vllm (vLLM on cpu, 12 model calls planned)" in done.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["backend"] == "vllm" and run["model"]["identity"].endswith("|vllm|float32")
+    assert run["config"]["policy"]["options"]["gpu_memory_utilization"] is None
+    assert run["counts"]["records"] == 4 and run["counts"]["model_calls"] == 12
+    # Planned again with a threshold it no longer meets: the folder keeps vLLM, nothing to recompute.
+    pipeline.write_text(pipeline.read_text().replace("vllm_min_calls: 12", "vllm_min_calls: 1000"))
+    planned = subprocess.run([vllm_python, "-m", "cai", "generate", str(pipeline), "--out", str(out), "--plan"],
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    result = json.loads(planned.stdout)
+    assert result["backend"] == "vllm" and result["model_calls"] == 0 and result["records_reused"] == 4
+
+
+def _serve(vllm_python, log_path):
+    """vLLM's OpenAI-compatible server on the embedded checkpoint, fp32, on a free loopback port."""
+    import socket
+    import time
+    import urllib.request
+
+    from cai.models import embedded_checkpoint
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(log_path, "w")
+    proc = subprocess.Popen([vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model",
+                             embedded_checkpoint().path, "--served-model-name", "smollm2", "--dtype", "float32",
+                             "--max-model-len", "4096", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"})
+    deadline = time.time() + 600
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+            return proc, f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"vLLM server did not start: {open(log_path).read()[-2000:]}")
+            time.sleep(1)
+
+
+def test_the_api_path_gives_the_in_process_records_when_the_penalty_reaches_the_server(vllm_python, tmp_path):
+    """Issue 13, point 8: over an OpenAI-compatible server (vLLM, fp32) the default pipeline's
+    revisions copied their critique unless the stages' repetition_penalty is sent; sent in the field
+    the server names, the records equal the in-process transformers backend's on the same prompts."""
+    import sys
+
+    proc, url = _serve(vllm_python, tmp_path / "serve.log")
+    try:
+        runs = {}
+        for name, policy in {
+            "local": "{backend: transformers, model: embedded}",
+            "api": f"{{backend: openai, model: smollm2, options: {{base_url: '{url}', "
+                   "repetition_penalty_field: repetition_penalty}}",
+            "api_unsent": f"{{backend: openai, model: smollm2, options: {{base_url: '{url}'}}}}",
+        }.items():
+            pipeline = _pipeline(tmp_path, policy)
+            done = subprocess.run([sys.executable, "-m", "cai", "generate", str(pipeline), "--out", str(tmp_path / name)],
+                                  capture_output=True, text=True, cwd=ROOT, timeout=900,
+                                  env={**os.environ, "OPENAI_API_KEY": "sk-local"})
+            assert done.returncode == 0, done.stderr[-3000:]
+            runs[name] = {r["id"]: r for f in (tmp_path / name / "records").glob("*.jsonl")
+                          for r in map(json.loads, f.open())}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    def texts(run):
+        return {i: (r["initial"], r["rounds"][0]["critique"], r["rounds"][0]["revision"]) for i, r in run.items()}
+
+    def copied(run):
+        return sum("revision_is_critique" in r["flags"] for r in run.values())
+
+    same = sum(texts(runs["api"])[i] == t for i, t in texts(runs["local"]).items())
+    print(f"\napi (penalty sent) == in-process: {same}/4 records; revision_is_critique: in-process "
+          f"{copied(runs['local'])}, api {copied(runs['api'])}, api without the penalty {copied(runs['api_unsent'])}")
+    assert same >= 3  # same fp32 weights; at most one near-tie may flip
+    assert copied(runs["api"]) == copied(runs["local"])
+    assert texts(runs["api_unsent"]) != texts(runs["api"])  # the field reached the server and changed answers

@@ -34,13 +34,16 @@ class TransformersBackend:
     supports_logprobs = True
 
     def __init__(self, model: str | None = None, batch_size: int | None = None, device: str | None = None,
-                 dtype: str = "float32", max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS):
+                 dtype: str = "float32", max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS,
+                 threads: int | None = None):
         # Our own progress shows per stage; transformers' per-load bars are noise there.
         hf_logging.disable_progress_bar()
         ref = models.resolve(model)
         self.identity = identity("transformers", model, dtype)
         self.max_input_tokens = max_input_tokens
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if threads:  # process-wide in torch; unset keeps torch's one per physical core
+            torch.set_num_threads(threads)
         # Rows decoding together: on CPU a step is compute-bound and 16 beat 32 (bench/batching.py).
         self.batch_size = max(1, batch_size or (16 if self.device == "cpu" else 64))
         self.tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=ref.revision)

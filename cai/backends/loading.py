@@ -41,8 +41,9 @@ def precheck(spec: _Spec, flag: str = "--model") -> None:
     """What can be told without loading or connecting: fail before any run folder is touched."""
     import importlib.util
 
-    from cai.backends import REGISTRY
+    from cai.backends import REGISTRY, auto
 
+    spec = auto.resolve(spec)[0]
     extra = REGISTRY[spec.backend][2]
     if extra and importlib.util.find_spec(extra) is None:
         raise InputError([Problem("backend", None, "", f"backend {spec.backend!r} needs {extra}: "
@@ -80,6 +81,9 @@ class LazyBackend:
     """A spec's backend, loaded on its first call; its identity is known before."""
 
     def __init__(self, spec: _Spec, flag: str = "--model"):
+        from cai.backends import auto
+
+        spec = auto.resolve(spec)[0]  # generate has settled it for the job already; eval, audit: here
         precheck(spec, flag)
         self.spec, self.flag = spec, flag
         self.identity = spec_identity(spec, flag)

@@ -54,7 +54,8 @@ class OpenAIBackend:
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 16, timeout: float = 60.0, max_retries: int = 2,
-                 preflight_timeout: float = 10.0, extra_body: dict | None = None, **_):
+                 preflight_timeout: float = 10.0, extra_body: dict | None = None,
+                 repetition_penalty_field: str | None = None, **_):
         key = os.environ.get(api_key_env)
         if not key:
             raise MissingAPIKey(f"environment variable {api_key_env} is not set (it holds the API key)")
@@ -62,7 +63,9 @@ class OpenAIBackend:
         # The same model behind another URL gives the same answers; server-specific
         # sampling fields (extra_body) change them, so they are part of the identity.
         self.extra_body = dict(extra_body or {})
-        self.identity = identity("openai", model, extra_body=self.extra_body)
+        self.penalty_field = repetition_penalty_field
+        self.identity = identity("openai", model, extra_body=self.extra_body,
+                                 repetition_penalty_field=repetition_penalty_field)
         self.concurrency = max(1, concurrency)
         # requests: calls made; attempts: HTTP tries, so attempts - requests = the client's retries.
         self.stats = {"requests": 0, "attempts": 0, "retries": 0, "failed": 0}
@@ -150,9 +153,12 @@ class OpenAIBackend:
         def job(conv, s: Sampling):
             async def call(client):
                 extra = {"seed": s.seed} if not s.greedy and s.seed is not None else {}
+                body = dict(self.extra_body)
+                if self.penalty_field and s.repetition_penalty != 1.0:
+                    body[self.penalty_field] = s.repetition_penalty
                 resp = await client.chat.completions.create(
                     model=self.model, messages=conv, max_tokens=s.max_new_tokens,
-                    temperature=s.temperature, top_p=s.top_p, extra_body=self.extra_body or None, **extra,
+                    temperature=s.temperature, top_p=s.top_p, extra_body=body or None, **extra,
                 )
                 content = resp.choices[0].message.content
                 if content is None:

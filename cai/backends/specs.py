@@ -23,6 +23,9 @@ class TransformersOptions(StrictModel):
     # Rows decoding together (continuous batching); unset: 16 on CPU, where a step is compute-bound
     # and 16 beat 32 (bench/batching.py), 64 on a GPU.
     batch_size: int | None = Field(None, gt=0, le=4096)
+    # torch's intra-op threads; unset: torch's default, one per physical core. Fewer when other
+    # work shares the cores (2 threads on 2 busy cores wait on each other).
+    threads: int | None = Field(None, gt=0, le=1024)
     dtype: Dtype = "float32"  # bfloat16: faster on CPUs with avx512_bf16
     # Longer prompts are rejected at input check; longer later conversations fail their record.
     max_input_tokens: int = Field(4096, gt=0)
@@ -50,19 +53,35 @@ class OpenAIOptions(StrictModel):
     # Server-specific request fields, e.g. {repeat_penalty: 1.0} for llama.cpp or
     # {repetition_penalty: 1.1} for vLLM (the OpenAI API itself rejects unknown fields).
     extra_body: dict = {}
+    # The request field that carries each stage's repetition_penalty (the OpenAI API has none):
+    # repetition_penalty for vLLM, TGI and SGLang (over prompt and reply, as in-process);
+    # repeat_penalty for llama.cpp (over its last 64 tokens only). Unset: not sent.
+    repetition_penalty_field: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ScriptedOptions(StrictModel):
     pass
 
 
-OPTIONS = {"transformers": TransformersOptions, "vllm": VLLMOptions, "openai": OpenAIOptions,
-           "scripted": ScriptedOptions}
+class AutoOptions(StrictModel):
+    """`backend: auto` (cai/backends/auto.py): vLLM when installed, working and repaid, else transformers."""
+
+    dtype: Dtype = "float32"
+    batch_size: int | None = Field(None, gt=0, le=4096)  # used when transformers is chosen
+    threads: int | None = Field(None, gt=0, le=1024)  # likewise
+    # Planned model calls from which vLLM's start-up (about 60 s on 2 CPU cores) is repaid.
+    vllm_min_calls: int = Field(200, ge=0)
+    vllm_min_calls_gpu: int = Field(50, ge=0)
+
+
+OPTIONS = {"auto": AutoOptions, "transformers": TransformersOptions, "vllm": VLLMOptions,
+           "openai": OpenAIOptions, "scripted": ScriptedOptions}
+DEFAULT_BACKEND = "auto"
 _OPTION_NAMES = sorted({name for cls in OPTIONS.values() for name in cls.model_fields})
 
 
 def identity(name: str, model: str | None = None, dtype: str = "float32", extra_body: dict | None = None,
-             **_) -> str:
+             repetition_penalty_field: str | None = None, **_) -> str:
     """What a backend's outputs depend on, known without loading it (cache keys, provenance, --plan).
 
     Kept byte-identical across releases: existing caches and run folders are keyed on it.
@@ -72,7 +91,8 @@ def identity(name: str, model: str | None = None, dtype: str = "float32", extra_
         # Secrets in extra_body are masked (cai.redact.masked): an identity is written everywhere.
         from cai.redact import masked
 
-        return f"api:{model}" + (f"|{json.dumps(masked(extra_body), sort_keys=True)}" if extra_body else "")
+        return (f"api:{model}" + (f"|{json.dumps(masked(extra_body), sort_keys=True)}" if extra_body else "")
+                + (f"|penalty:{repetition_penalty_field}" if repetition_penalty_field else ""))
     if name == "scripted":
         return f"scripted:{model or 'echo'}"
     from cai import models
@@ -99,6 +119,10 @@ class _Spec(StrictModel):
         return {"model": self.model, **self.options.model_dump()}
 
     def identity(self) -> str:
+        if self.backend == "auto":  # what it resolves to with the job size unknown (eval, audit)
+            from cai.backends.auto import resolve
+
+            return resolve(self)[0].identity()
         return identity(self.backend, **self.constructor_options())
 
 
@@ -120,7 +144,7 @@ globals().update({cls.__name__: cls for cls in SPECS.values()})  # importable by
 
 def _backend_of(value) -> str | None:
     if isinstance(value, dict):
-        return value.get("backend", "transformers")
+        return value.get("backend", DEFAULT_BACKEND)
     return getattr(value, "backend", None)
 
 
@@ -139,8 +163,8 @@ def model_spec(data: dict | None = None, **fields) -> _Spec:
 
 def inherit(policy: dict, judge: dict) -> dict:
     """The judge's spec with its unset fields following the policy's (same backend: same model and options)."""
-    backend = judge.get("backend") or policy.get("backend", "transformers")
-    same = backend == policy.get("backend", "transformers")
+    backend = judge.get("backend") or policy.get("backend", DEFAULT_BACKEND)
+    same = backend == policy.get("backend", DEFAULT_BACKEND)
     out = {"backend": backend, "model": judge.get("model") or (policy.get("model", "embedded") if same else "embedded")}
     options = {**(policy.get("options") or {}), **(judge.get("options") or {})} if same else judge.get("options")
     if options:
