@@ -4,10 +4,10 @@
 
 The same distinct prompts (pipelines/prompts/*.jsonl) go through
 `TransformersBackend.chat` greedily, first one conversation per call with
-batch_size=1 (the baseline), then with batch_size=B. Throughput counts the
-token ids each row really generated (up to and including its first end token;
-the padding that generate() keeps emitting for finished rows is not counted),
-taken from the tensors generate() returns. Batched runs are short, so each is
+batch_size=1 (the baseline), then with batch_size=B (up to B rows decoding
+together in the backend's continuous-batching loop, cai/backends/decode.py).
+Throughput counts the token ids each row really generated (up to and including
+its end token), as the loop returns them. Batched runs are short, so each is
 repeated (--repeats, default 3) and the median reported. Each batch size B runs over
 max(--prompts, B) prompts and is compared with the one-at-a-time figure over
 exactly those prompts, measured in the same run. It also reports whether the
@@ -28,13 +28,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import ForeignLoad  # noqa: E402
 
 from cai import backends  # noqa: E402
-from cai.backends import Sampling  # noqa: E402
+from cai.backends import Sampling, decode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT_FILES = [ROOT / "pipelines/prompts/red_team.jsonl", ROOT / "pipelines/prompts/benign.jsonl"]
@@ -72,64 +71,48 @@ def critique_conversations(convs):
     return out
 
 
-class _StepClock(StoppingCriteria):
-    """Called by generate() once per new token: records when each step finished. Never stops."""
+class LoopRecorder:
+    """Observes the backend's decode loop (cai/backends/decode.py): counts the tokens each row really
+    generated (through its end token) and times the prefill and decode forward passes.
 
-    def __init__(self):
-        self.stamps = [time.perf_counter()]
-
-    def __call__(self, input_ids, scores, **kwargs):
-        self.stamps.append(time.perf_counter())
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-
-class GenerateRecorder:
-    """Wraps backend.model.generate to count real generated tokens and time prefill/decode steps.
-
-    Wrapping only observes: the backend's own arguments pass through unchanged
-    (plus a stopping criterion that never fires, used as a per-step clock).
+    Wrapping only observes: the loop's own arguments and results pass through unchanged.
     """
 
-    def __init__(self, backend):
-        self.model = backend.model
-        self.inner = backend.model.generate
-        self.end_ids = {backend.tokenizer.eos_token_id, backend.tokenizer.pad_token_id}
+    def __init__(self):
+        self.inner_generate, self.inner_forward = decode.generate, decode._forward
+        decode.generate, decode._forward = self._generate, self._forward
         self.reset()
-        self.model.generate = self
 
     def reset(self):
         self.tokens = 0  # real generated tokens (through the first end token of each row)
-        self.row_steps = 0  # rows x decode steps generate() actually computed
-        self.prompt_tokens = 0  # real prompt tokens
-        self.prompt_slots = 0  # rows x padded prompt width
+        self.row_steps = 0  # rows x forward passes that produced a token for them
+        self.prompt_tokens = 0  # real prompt tokens prefilled
+        self.prompt_slots = 0  # rows x padded prefill width
         self.prefill: list[float] = []
         self.steps: list[float] = []
 
-    def __call__(self, input_ids, attention_mask=None, **kwargs):
-        clock = _StepClock()
-        criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
-        criteria.append(clock)
-        out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                         stopping_criteria=criteria, **kwargs)
-        new = out[:, input_ids.shape[1]:].tolist()
-        for row in new:
-            n = len(row)
-            for k, tok in enumerate(row):
-                if tok in self.end_ids:
-                    n = k + 1
-                    break
-            self.tokens += n
-        self.row_steps += len(new) * (len(new[0]) if new else 0)
-        self.prompt_slots += input_ids.numel()
-        self.prompt_tokens += int(attention_mask.sum()) if attention_mask is not None else input_ids.numel()
-        gaps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
-        if gaps:
-            self.prefill.append(gaps[0])
-            self.steps.extend(gaps[1:])
+    def _generate(self, model, rows, *args, **kwargs):
+        outs = self.inner_generate(model, rows, *args, **kwargs)
+        self.tokens += sum(map(len, outs))
+        return outs
+
+    def _forward(self, model, cache, **inputs):
+        started = time.perf_counter()
+        out = self.inner_forward(model, cache, **inputs)
+        seconds = time.perf_counter() - started
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        if ids.shape[1] == 1:
+            self.steps.append(seconds)
+            self.row_steps += ids.shape[0]
+        elif mask is not None:  # a join's prefill (the shared prefix's own pass has no mask)
+            self.prefill.append(seconds)
+            self.row_steps += ids.shape[0]
+            self.prompt_slots += ids.numel()
+            self.prompt_tokens += int(mask[:, -ids.shape[1]:].sum())
         return out
 
 
-def run(backend, rec: GenerateRecorder, convs, sampling: Sampling, batch_size: int, one_by_one: bool):
+def run(backend, rec: LoopRecorder, convs, sampling: Sampling, batch_size: int, one_by_one: bool):
     """Generate for convs; return (texts, seconds, per-conversation (seconds, tokens) when one_by_one)."""
     backend.batch_size = batch_size
     rec.reset()
@@ -183,7 +166,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     backend = backends.create("transformers", model=args.model, batch_size=1, dtype=args.dtype)
     load_s = time.perf_counter() - t0
-    rec = GenerateRecorder(backend)
+    rec = LoopRecorder()
     print(f"model {backend.identity} ({args.dtype}, {backend.device}), loaded in {load_s:.1f}s; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}")
@@ -241,8 +224,9 @@ def main(argv=None) -> int:
               f"{r['waste']:>8.1%} {r['pad']:>10.1%}  {r.get('spread', '')}")
     print("  vs batch 1: tokens/s divided by the batch-1 tokens/s over the same prompts, this run")
     print("  = batch 1: greedy outputs identical to the one-at-a-time outputs")
-    print("  prefill/step ms: median time of generate()'s first step (prompt) and of each later step")
-    print("  dead rows: share of computed row-steps spent on rows that had already finished")
+    print("  prefill/step ms: median time of a join's prefill pass and of each decode step")
+    print("  dead rows: share of computed row-steps spent on rows that had already finished (they ride")
+    print("    along until enough slots are free to repay compacting the cache)")
     print("  prompt pad: share of prompt positions that were left padding")
     print(f"  range: fastest-slowest of the {args.repeats} batched runs (the median is shown)")
 

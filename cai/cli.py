@@ -97,7 +97,8 @@ def generate(
     base_url: Optional[str] = typer.Option(None, help="policy.options.base_url (openai backend): the server's base URL, e.g. http://127.0.0.1:8000/v1. The key is read from the variable named by options.api_key_env (default OPENAI_API_KEY)."),
     limit: Optional[int] = typer.Option(None, help="Use at most this many prompts (taken round-robin across prompt files)."),
     rounds: Optional[int] = typer.Option(None, help="Critique -> revision rounds per prompt."),
-    batch_size: Optional[int] = typer.Option(None, help="policy.options.batch_size: sequences per forward pass (transformers backend)."),
+    batch_size: Optional[int] = typer.Option(None, help="policy.options.batch_size (transformers, or auto when it picks transformers): rows decoding together; finished rows leave and pending ones join, shortest prompts first. Unset: 16 on CPU, 64 on a GPU."),
+    threads: Optional[int] = typer.Option(None, help="policy.options.threads (transformers, or auto): torch threads. Unset: one per physical core; fewer when other work shares the cores."),
     seed: Optional[int] = typer.Option(None, help="Seed for principle sampling and sampled generation."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: outputs/<pipeline name>). Re-running resumes."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the model-call cache."),
@@ -115,7 +116,7 @@ def generate(
     with _guard():
         config = load_pipeline(
             pipeline, constitution=str(constitution) if constitution else None, prompts=prompts,
-            model=model, backend=backend, base_url=base_url, limit=limit, rounds=rounds, batch_size=batch_size,
+            model=model, backend=backend, base_url=base_url, limit=limit, rounds=rounds, batch_size=batch_size, threads=threads,
             seed=seed, out=str(out) if out else None, cache=False if no_cache else None,
             feedback=feedback, judge_model=judge_model, judge_backend=judge_backend, judge_base_url=judge_base_url,
         )

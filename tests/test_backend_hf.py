@@ -65,3 +65,22 @@ def test_choice_logprobs_match_a_direct_forward_pass(backend, choices):
             n = len(ids) - len(prefix)
             direct = sum(float(logp[len(prefix) + k - 1, ids[len(prefix) + k]]) for k in range(n))
             assert score == pytest.approx(direct, abs=1e-3)
+
+
+def test_threads_option_sets_torch_threads_and_leaves_the_identity(tiny_model):
+    import torch
+
+    from cai.config import load_pipeline
+    from cai.generate import settle_backends
+
+    before = torch.get_num_threads()
+    try:
+        one = create("transformers", model=tiny_model, threads=1)
+        assert torch.get_num_threads() == 1
+        assert one.identity == create("transformers", model=tiny_model).identity  # like batch_size, not part of it
+    finally:
+        torch.set_num_threads(before)
+    # --threads reaches the policy's options, through auto's choice too
+    config = load_pipeline(None, threads=1)
+    settle_backends(config, 1)
+    assert config.policy.backend == "transformers" and config.policy.options.threads == 1
