@@ -72,7 +72,8 @@ def plan(config: PipelineConfig) -> dict:
 
 def describe(p: dict) -> str:
     stages = ", ".join(f"{k} {v}" for k, v in p["calls_by_stage"].items()) or "none"
-    return ("".join(f"{n}\n" for n in p.get("backend_notes", ())) + f"plan: {p['prompts']} prompts: {p['records_reused']} records reused as they are, "
+    notes = "".join(f"{n}\n" for n in p.get("backend_notes", ()))  # which backend `auto` chose
+    return (notes + f"plan: {p['prompts']} prompts: {p['records_reused']} records reused as they are, "
             f"{p['records_rebuilt']} rebuilt ({p['records_with_new_text']} with new model text); "
             f"{p['model_calls']} model calls to make ({stages}), {p['cache_hits']} answered from the cache"
             + "".join(f"; records/{d['shard']} line {d['line']} is damaged (the run moves it aside)"

@@ -107,7 +107,7 @@ def test_valid_pipeline_loads_with_bare_string_prompts(tmp_path):
     ({"policy": "{backend: openai, options: {base_uri: x}}"}, "base_uri", "policy.options.base_uri",
      "unknown key 'base_uri' (did you mean 'base_url'?)"),
     ({"prompts": "[]"}, "prompts:", "prompts", "must not be empty"),
-    ({"policy": "{backend: gpu}"}, "policy:", "policy", "unknown backend (one of transformers, vllm, openai"),
+    ({"policy": "{backend: gpu}"}, "policy:", "policy", "unknown backend (one of auto, transformers, vllm, openai"),
     # Keys from before model specs name their new place.
     ({"policy": None, "backend": "scripted"}, "backend:", "backend", "moved: write it as policy.backend"),
     ({"batch_size": "4"}, "batch_size:", "batch_size", "moved: write it as policy.options.batch_size"),
