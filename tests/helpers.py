@@ -156,7 +156,8 @@ KEY = "sk-canary-7f3a9c2e51"
 
 class Stub:
     """A tiny loopback chat-completions server (the openai backend's tests). `fail(body, attempt)` may
-    return (status, headers) or (status, headers, message) to answer with an error."""
+    return (status, headers) or (status, headers, message) to answer with an error; `logprobs` may be
+    a list of (token, logprob) for the top log-probabilities."""
 
     def __init__(self, fail=None, model="stub-model", logprobs=True):
         self.fail = fail or (lambda body, attempt: None)
@@ -197,8 +198,8 @@ class Stub:
                     msg = {"role": "assistant", "content": f"echo: {last}"}
                     choice = {"index": 0, "message": msg, "finish_reason": "stop"}
                     if body.get("logprobs") and stub.logprobs:
-                        top = [{"token": " A", "logprob": -0.2, "bytes": None},
-                               {"token": " B", "logprob": -1.8, "bytes": None}]
+                        pairs = stub.logprobs if isinstance(stub.logprobs, list) else [(" A", -0.2), (" B", -1.8)]
+                        top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in pairs]
                         choice["logprobs"] = {"content": [{"token": " A", "logprob": -0.2, "bytes": None,
                                                            "top_logprobs": top}]}
                     self._send(200, {"id": "x", "object": "chat.completion", "created": 0,

@@ -140,3 +140,16 @@ def test_a_run_warns_when_the_penalty_cannot_reach_the_server(stub, tmp_path):
     (warning,) = [w for w in json.loads((tmp_path / "run" / "run.json").read_text())["warnings"] if "not sent" in w]
     assert "repetition_penalty (1.1)" in warning and "policy.options.repetition_penalty_field" in warning
     assert "not sent to the openai backend" in done.stderr
+
+
+def test_spellings_of_one_choice_add_up_instead_of_overwriting(monkeypatch):
+    # A server lists " A" and "A" apart; before, the later one replaced the earlier in the map.
+    import math
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    server = Stub(logprobs=[(" A", math.log(0.3)), ("B", math.log(0.25)), ("A", math.log(0.2)), (" B", math.log(0.05))])
+    try:
+        (scores,) = create("openai", model="stub-model", base_url=server.url).choice_logprobs(convs(1), [" A", " B"])
+    finally:
+        server.close()
+    assert math.exp(scores[0]) == pytest.approx(0.5) and math.exp(scores[1]) == pytest.approx(0.3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -78,3 +79,46 @@ def test_ppo_raises_a_scripted_reward_with_bounded_kl(two_class_model, tmp_path)
         assert all(key in r for r in h)
     saved = json.loads((tmp_path / "ppo" / "metrics.json").read_text())
     assert saved["steps"] == 24 and (tmp_path / "ppo" / "loss.png").is_file()
+
+
+def test_reward_whitening_keeps_the_mean_so_length_is_not_paid_per_token():
+    from cai.train.ppo import _whiten
+
+    rewards = torch.tensor([[0.5, 0.5, 2.0, 9.9], [1.0, 3.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    kept = _whiten(rewards, mask, shift_mean=False)
+    mean = (rewards * mask).sum() / mask.sum()
+    assert ((kept * mask).sum() / mask.sum()).item() == pytest.approx(mean.item())
+    assert ((((kept - mean) * mask) ** 2).sum() / mask.sum()).item() == pytest.approx(1.0, rel=1e-4)
+    assert kept[0, 3] == 0 and kept[1, 2:].abs().sum() == 0
+    assert ((_whiten(rewards, mask) * mask).sum() / mask.sum()).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_tokens_past_the_end_cannot_make_the_ratio_inf_or_the_loss_nan():
+    from cai.train.ppo import _masked_mean, _ratio
+
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    old = torch.tensor([[-1.0, -2.0, -float("inf"), -300.0]])
+    new = torch.tensor([[-0.5, -2.0, -3.0, 900.0]])  # padding: anything, even exp overflow
+    ratio = _ratio(new, old, mask)
+    assert torch.isfinite(ratio).all() and ratio[0, 2:].tolist() == [1.0, 1.0]
+    assert ratio[0, 0].item() == pytest.approx(math.exp(0.5))
+    adv = torch.tensor([[1.0, -1.0, 0.0, 0.0]])
+    assert torch.isfinite(_masked_mean(-adv * ratio, mask))
+    assert torch.isnan(_masked_mean(-adv * torch.exp(new - old), mask))  # what the plain ratio gave
+
+
+def test_a_reward_model_with_another_tokenizer_is_refused(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from cai.errors import InputError
+    from cai.train.ppo import _same_tokenizer
+
+    policy = AutoTokenizer.from_pretrained(tiny_model)
+    _same_tokenizer("rm", AutoTokenizer.from_pretrained(tiny_model), policy)  # same vocabulary: fine
+    other = AutoTokenizer.from_pretrained(tiny_model)
+    other.add_tokens(["<extra-token>"])
+    with pytest.raises(InputError) as info:
+        _same_tokenizer("runs/rm", other, policy)
+    (problem,) = info.value.problems
+    assert str(problem).startswith("--reward-model: runs/rm: its tokenizer") and "differs from the policy's" in problem.message

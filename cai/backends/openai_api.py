@@ -49,6 +49,10 @@ async def _unless(stop: asyncio.Event, call):
     return task.result()
 
 
+def _logaddexp(a: float, b: float) -> float:
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
 class OpenAIBackend:
     supports_logprobs = True  # via top_logprobs; a server without them fails the call clearly
 
@@ -186,7 +190,10 @@ class OpenAIBackend:
                 content = resp.choices[0].logprobs and resp.choices[0].logprobs.content
                 if not content:
                     raise ValueError("the server returned no logprobs: it cannot judge with soft labels")
-                top = {t.token.strip(): t.logprob for t in content[0].top_logprobs}
+                top: dict[str, float] = {}  # " A" and "A" are one answer: their probabilities add
+                for t in content[0].top_logprobs:
+                    key = t.token.strip()
+                    top[key] = _logaddexp(top[key], t.logprob) if key in top else t.logprob
                 floor = min(top.values(), default=0.0) - math.log(2)
                 return [top.get(c.strip(), floor) for c in choices]
             return call

@@ -40,10 +40,19 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def _whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Unit variance over the masked positions; `shift_mean=False` keeps the mean, as TRL did for
+    rewards: subtracting it adds a per-token constant, which pays or charges every extra token."""
     mean = _masked_mean(x, mask)
     var = _masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (out if shift_mean else out + mean) * mask
+
+
+def _ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """pi/pi_old per response token; 1 past the end, where log-probs of padding may be -inf or huge
+    (exp would give inf, and inf * 0 in a masked mean is NaN)."""
+    return torch.exp(torch.where(mask.bool(), logp - old_logp, torch.zeros_like(logp)))
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -78,6 +87,18 @@ def gae(rewards, values, mask, gamma: float, lam: float):
     return adv * mask, (adv + values) * mask
 
 
+def _same_tokenizer(path: str, reward_tok, policy_tok) -> None:
+    """The value model starts from the reward model and reads the policy's token ids: another
+    vocabulary would make its values silently meaningless."""
+    if reward_tok.get_vocab() != policy_tok.get_vocab():
+        from cai.errors import InputError, Problem
+
+        raise InputError([Problem("--reward-model", None, "", (
+            f"{path}: its tokenizer differs from the policy's ({len(reward_tok)} vs {len(policy_tok)} tokens); "
+            "PPO's value model starts from it and reads the policy's token ids: train the reward model "
+            "from the policy's base model"))])
+
+
 class PPO:
     def __init__(self, config, model_path: str, tok, reward: str | RewardFn):
         self.c, self.p, self.tok = config, config.ppo, tok
@@ -98,6 +119,7 @@ class PPO:
             from cai.train.rewards import RewardScorer
 
             self.reward_fn, value_from = RewardScorer(reward, device=self.device), reward
+            _same_tokenizer(reward, self.reward_fn.tok, tok)
         value = load_reward_model(value_from, tok)
         if config.lora:
             from peft import get_peft_model
@@ -143,7 +165,7 @@ class PPO:
         rewards = -self.kl_coef * kl
         rewards[torch.arange(len(rows)), length - 1] += penalised
         if self.p.whiten_rewards:
-            rewards = _whiten(rewards, m)
+            rewards = _whiten(rewards, m, shift_mean=False)
         adv, returns = gae(rewards, values, m, self.p.gamma, self.p.lam)
         return {"ids": ids, "mask": mask, "q": width, "r_mask": m, "logp": logp, "values": values,
                 "adv": _whiten(adv, m), "returns": returns, "score": score, "kl": kl.sum(1),
@@ -158,7 +180,7 @@ class PPO:
                 i = order[start:start + self.p.mini_batch]
                 ids, mask, m, q = b["ids"][i], b["mask"][i], b["r_mask"][i], b["q"]
                 logp, logits = _logprobs(self.policy, ids, mask, q, self.p.temperature)
-                ratio = torch.exp(logp - b["logp"][i])
+                ratio = _ratio(logp, b["logp"][i], m)
                 adv = b["adv"][i]
                 pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.p.clip, 1 + self.p.clip))
                 policy_loss = _masked_mean(pg, m)
@@ -178,7 +200,7 @@ class PPO:
                     stats["value_loss"].append(value_loss.item())
                     stats["clipfrac"].append(_masked_mean(((ratio - 1).abs() > self.p.clip).float(), m).item())
                     stats["entropy"].append(_masked_mean(entropy, m).item())
-                    stats["approx_kl"].append(0.5 * _masked_mean((logp - b["logp"][i]) ** 2, m).item())
+                    stats["approx_kl"].append(0.5 * _masked_mean(torch.log(ratio) ** 2, m).item())
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def adapt_kl(self, kl: float, batch: int) -> None:
