@@ -66,14 +66,23 @@ def model_context(config) -> int | None:
     return None
 
 
+def transformers_limit(max_input_tokens: int, context: int | None, new_tokens: int) -> tuple[int, bool]:
+    """(most input tokens, whether the model's context sets it rather than max_input_tokens): the
+    transformers backend's rule, applied at input check and to every later conversation alike."""
+    if context is not None and context - new_tokens < max_input_tokens:
+        return context - new_tokens, True
+    return max_input_tokens, False
+
+
 def input_limit(spec, new_tokens: int, context: int | None, stage: str = "respond") -> tuple[int, str]:
     """(most input tokens, why) for a spec whose stage generates up to `new_tokens`."""
     if spec.backend == "vllm":  # vLLM's max_model_len holds the prompt and the reply together
         total = spec.options.max_model_len
         return total - new_tokens, f"policy.options.max_model_len {total} less {new_tokens} new tokens for the {stage} stage"
-    limit = getattr(spec.options, "max_input_tokens", DEFAULT_MAX_INPUT_TOKENS)
-    if context is not None and context - new_tokens < limit:
-        return context - new_tokens, f"its context of {context} tokens less {new_tokens} new tokens for the {stage} stage"
+    limit, by_context = transformers_limit(getattr(spec.options, "max_input_tokens", DEFAULT_MAX_INPUT_TOKENS),
+                                           context, new_tokens)
+    if by_context:
+        return limit, f"its context of {context} tokens less {new_tokens} new tokens for the {stage} stage"
     return limit, "policy.options.max_input_tokens"
 
 

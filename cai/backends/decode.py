@@ -109,8 +109,8 @@ def common_prefix(rows: list[list[int]], minimum: int = 32) -> list[int] | None:
 class _Choose:
     """Next tokens for a batch: repetition penalty, then argmax or a draw with each row's own generator."""
 
-    def __init__(self, rows: list[Row], vocab: int):
-        self.rows, self.vocab = rows, vocab
+    def __init__(self, rows: list[Row]):
+        self.rows = rows
         self.gens = {i: torch.Generator().manual_seed(r.seed) for i, r in enumerate(rows) if r.temperature > 0}
 
     def __call__(self, scores: torch.Tensor, idx: list[int], seen: torch.Tensor) -> list[int]:
@@ -137,7 +137,7 @@ def generate(model, rows: list[Row], eos: set[int], pad_id: int, slots: int = 16
              on_finish: Callable[[int], None] | None = None, share_prefix: bool = True) -> list[list[int]]:
     """Each row's new token ids (its ending EOS included), decoding up to `slots` rows at a time;
     `on_finish(1)` as each row ends. `share_prefix=False` is the plain path (tests, benchmarks)."""
-    choose, vocab = _Choose(rows, model.config.vocab_size), model.config.vocab_size
+    choose, vocab = _Choose(rows), model.config.vocab_size
     dev = model.device
 
     def T(data, **kw) -> torch.Tensor:
@@ -154,7 +154,6 @@ def generate(model, rows: list[Row], eos: set[int], pad_id: int, slots: int = 16
     mask = torch.zeros(0, 0, dtype=torch.long, device=dev)
     nxt = torch.zeros(0, dtype=torch.long, device=dev)
     cache = None
-    reported: set[int] = set()
 
     def ended(i: int) -> bool:
         return bool(outs[i]) and (outs[i][-1] in eos or len(outs[i]) >= rows[i].max_new_tokens)
@@ -165,7 +164,6 @@ def generate(model, rows: list[Row], eos: set[int], pad_id: int, slots: int = 16
             if not ended(i):  # a finished row still in the batch (compaction waits) adds nothing
                 outs[i].append(t)
                 if ended(i) and on_finish:
-                    reported.add(i)
                     on_finish(1)
         return toks
 

@@ -24,7 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from cai import models
 from cai.backends import CallFailed, Conversation, Progress, Sampling, decode, prompt_ids
-from cai.backends.context import DEFAULT_MAX_INPUT_TOKENS, model_context
+from cai.backends.context import DEFAULT_MAX_INPUT_TOKENS, model_context, transformers_limit
 from cai.backends.specs import identity
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -53,20 +53,19 @@ class TransformersBackend:
         self.model = AutoModelForCausalLM.from_pretrained(
             ref.path, revision=ref.revision, dtype=DTYPES[dtype]
         ).to(self.device).eval()
-        self.context = model_context(self.model.config)
+        self.context = model_context(self.model.config)  # positions the model has, prompt and reply together
         ends = self.model.generation_config.eos_token_id
-        self.eos = {self.tokenizer.eos_token_id, *(ends if isinstance(ends, list) else [ends] if ends is not None else [])}  # positions the model has, prompt and reply together
+        self.eos = {self.tokenizer.eos_token_id, *(ends if isinstance(ends, list) else [ends] if ends is not None else [])}
 
     def _encode(self, conversation: Conversation) -> list[int]:
         return prompt_ids(self.tokenizer, conversation)
 
     def _too_long(self, ids: list[int], reply_tokens: int) -> CallFailed | None:
         """Why a conversation cannot be taken whole (it is never cut), or None when it fits."""
-        limit, why = self.max_input_tokens, "options.max_input_tokens"
-        if self.context is not None and self.context - reply_tokens < limit:
-            limit, why = self.context - reply_tokens, f"its context of {self.context} tokens less {reply_tokens} for the reply"
+        limit, by_context = transformers_limit(self.max_input_tokens, self.context, reply_tokens)
         if len(ids) <= limit:
             return None
+        why = f"its context of {self.context} tokens less {reply_tokens} for the reply" if by_context else "options.max_input_tokens"
         return CallFailed(f"conversation is {len(ids)} tokens; the model takes at most {limit} input tokens ({why})")
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,14 +79,10 @@ class TransformersBackend:
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
              progress: Progress | None = None) -> list[str | CallFailed]:
         encoded = [self._encode(c) for c in conversations]
-        out: list[str | CallFailed] = [""] * len(encoded)
-        for i, ids in enumerate(encoded):
-            out[i] = self._too_long(ids, sampling[i].max_new_tokens) or ""
-        refused = [i for i in range(len(encoded)) if isinstance(out[i], CallFailed)]
-        if refused and progress:
-            progress(len(refused))
-
-        todo = [i for i in range(len(encoded)) if not isinstance(out[i], CallFailed)]
+        out: list[str | CallFailed | None] = [self._too_long(ids, s.max_new_tokens) for ids, s in zip(encoded, sampling)]
+        todo = [i for i, refused in enumerate(out) if refused is None]
+        if progress and len(todo) < len(out):
+            progress(len(out) - len(todo))
         rows = [decode.Row(encoded[i], sampling[i].max_new_tokens, sampling[i].repetition_penalty,
                            0.0 if sampling[i].greedy else sampling[i].temperature, sampling[i].top_p,
                            sampling[i].seed or 0) for i in todo]
