@@ -97,6 +97,9 @@ class PipelineConfig(_WithMovedKeys):
     system_prompt: str | None = None
     seed: int = 0
     test_size: float = Field(0.1, ge=0, lt=1)
+    # Share of every prompt source kept out of generation for `cai eval` (by id hash); eval
+    # reads the same setting, so the two never overlap. The shipped pipelines hold out 0.3.
+    holdout: float = Field(0.0, ge=0, lt=1)
     cache: bool = True
     out: str | None = None
     sampling: SamplingConfig = SamplingConfig()

@@ -53,9 +53,7 @@ def build_stages(config: PipelineConfig, constitution: Constitution) -> list[Sta
     stages: list[Stage] = [slcai]
     fb = config.feedback
     if fb.enabled:
-        cot = Sampling(**fb.cot_sampling.model_dump())
-        judge = Judge(constitution, fb.principles, config.seed, fb.cot, fb.cot_clamp, cot)
-        stages.append(FeedbackStage(judge, fb, slcai.system))
+        stages.append(FeedbackStage(Judge.for_feedback(config, constitution), fb, slcai.system))
     return stages
 
 

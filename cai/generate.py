@@ -39,7 +39,7 @@ def check_inputs(config: PipelineConfig):
     except InputError as exc:
         problems += exc.problems
     try:
-        examples = load_prompts(config.prompts, config.limit)
+        examples = load_prompts(config.prompts, config.limit, config.holdout)
     except InputError as exc:
         problems += exc.problems
     notes = settle_backends(config, len(examples or ()))

@@ -89,6 +89,13 @@ class Judge:
         self.k = min(principles, len(self.principles))
         self.seed, self.cot, self.clamp, self.cot_sampling = seed, cot, clamp, cot_sampling
 
+    @classmethod
+    def for_feedback(cls, config, constitution: Constitution, seed_offset: int = 0) -> "Judge":
+        """The judge exactly as `--feedback` labels with it (a PipelineConfig's feedback settings)."""
+        fb = config.feedback
+        return cls(constitution, fb.principles, config.seed + seed_offset, fb.cot, fb.cot_clamp,
+                   Sampling(**fb.cot_sampling.model_dump()))
+
     def draw(self, comparison_id: str) -> list[Principle]:
         return rank_principles(self.principles, comparison_id, "judge", self.seed)[: self.k]
 

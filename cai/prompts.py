@@ -132,15 +132,19 @@ def _rows(source: PromptSource) -> Iterator[Row]:
     raise InputError([Problem(source.path, None, "", "unknown prompt format (use .jsonl, .json, .csv, .parquet, a dataset folder or hf:NAME)")])
 
 
-def load_prompts(sources: list[PromptSource], limit: int | None = None) -> list[dict]:
+def load_prompts(sources: list[PromptSource], limit: int | None = None, holdout: float = 0.0,
+                 held_out: bool = False) -> list[dict]:
     """Examples {id, prompt, category, source, where}; with `limit`, taken round-robin across sources
-    so a small run still sees every set."""
+    so a small run still sees every set. `holdout` splits off the prompts kept for `cai eval`
+    (dataset.held_out): generation gets the rest, eval (held_out=True) those."""
+    from cai.dataset import held_out as is_held_out
+
     problems: list[Problem] = []
     seen: dict[str, tuple[str, int, str]] = {}  # id -> (path, line or row, file name) of its first use
     per_source: list[list[dict]] = []
     for source in sources:
         name = Path(source.path).name if not source.path.startswith("hf:") else source.path
-        examples = []
+        examples, found = [], 0
         where_unit = "row " if Path(source.path).suffix.lower() in (".parquet", ".json") else ""
         before = len(problems)
         try:
@@ -170,6 +174,9 @@ def load_prompts(sources: list[PromptSource], limit: int | None = None) -> list[
                         problems.append(Problem(*where, f"{field}{source.field}", f"duplicate of {first}{again}"))
                     continue
                 seen[ex_id] = (source.path, n, name)
+                found += 1
+                if is_held_out(ex_id, holdout) != held_out:
+                    continue
                 category = obj.get("category") or source.category
                 examples.append({"id": ex_id, "prompt": text, "category": str(category) if category else None, "source": name,
                                  # where the prompt is, for later checks' messages (file, line, field)
@@ -178,7 +185,7 @@ def load_prompts(sources: list[PromptSource], limit: int | None = None) -> list[
             problems += exc.problems
         except OSError as exc:  # e.g. a directory named like a prompt file, no permission
             problems.append(Problem(source.path, None, "", f"cannot read file: {exc.strerror or exc}"))
-        if not examples and len(problems) == before:
+        if not found and len(problems) == before:
             problems.append(Problem(source.path, None, "", "no prompts in this source"))
         per_source.append(examples)
     if problems:
