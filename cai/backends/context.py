@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from cai.backends import has_template, raw_text
 from cai.errors import Problem
 
 DEFAULT_MAX_INPUT_TOKENS = 4096  # the transformers backend's default input limit
@@ -26,10 +27,10 @@ BATCH = 4096  # prompts tokenized per call: bounded memory for huge files
 
 
 def render(tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
-    """Each conversation as the model sees it: its chat template, ready for the reply."""
-    if getattr(tokenizer, "chat_template", None):
+    """Each conversation as the model sees it (its chat template, or raw text), ready for the reply."""
+    if has_template(tokenizer):
         return tokenizer.apply_chat_template(list(conversations), tokenize=False, add_generation_prompt=True)
-    return ["\n".join(m["content"] for m in c) for c in conversations]  # no template: a lower bound
+    return [raw_text(c) for c in conversations]
 
 
 def at_most_a_token_per_byte(tokenizer) -> bool:

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from cai import models
-from cai.backends import CallFailed, Conversation, Progress, Sampling, decode, prompt_ids
+from cai.backends import CallFailed, Conversation, Progress, Sampling, decode, has_template, prompt_ids, raw_reply
 from cai.backends.context import DEFAULT_MAX_INPUT_TOKENS, model_context, transformers_limit
 from cai.backends.specs import identity
 
@@ -88,8 +88,10 @@ class TransformersBackend:
                            sampling[i].seed or 0) for i in todo]
         new = decode.generate(self.model, rows, self.eos, self.tokenizer.pad_token_id, self.batch_size,
                               on_finish=progress)
+        raw = not has_template(self.tokenizer)
         for i, ids in zip(todo, new):
-            out[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            out[i] = raw_reply(text) if raw else text.strip()
         return out
 
     @torch.inference_mode()

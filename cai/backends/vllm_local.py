@@ -19,7 +19,7 @@ from typing import Sequence
 from vllm import LLM, SamplingParams
 
 from cai import models
-from cai.backends import CallFailed, Conversation, Progress, Sampling, prompt_ids
+from cai.backends import CallFailed, Conversation, Progress, Sampling, has_template, prompt_ids, raw_reply
 from cai.backends.specs import identity
 
 
@@ -132,18 +132,21 @@ class VLLMBackend:
         # vLLM refuses a whole batch for one prompt over max_model_len: such a conversation (one
         # that outgrew the context in a later round) fails alone, with its reason, never cut.
         out: list[str | CallFailed] = [""] * len(conversations)
-        fit = []
+        fit, prompts = [], []
         for i, (conv, s) in enumerate(zip(conversations, sampling)):
-            n = len(prompt_ids(self.tokenizer, conv))
-            if n + s.max_new_tokens > self.max_model_len:
-                out[i] = CallFailed(f"conversation is {n} tokens + {s.max_new_tokens} to generate; the model takes "
+            # Our rendering, not llm.chat's: one for both in-process backends, with prefilled
+            # turns and the raw-completion form for models without a chat template.
+            ids = prompt_ids(self.tokenizer, conv)
+            if len(ids) + s.max_new_tokens > self.max_model_len:
+                out[i] = CallFailed(f"conversation is {len(ids)} tokens + {s.max_new_tokens} to generate; the model takes "
                                     f"at most {self.max_model_len} (options.max_model_len)")
             else:
                 fit.append(i)
-        outputs = self.llm.chat([conversations[i] for i in fit], [self._params(sampling[i]) for i in fit],
-                                use_tqdm=False) if fit else []
+                prompts.append({"prompt_token_ids": ids})
+        outputs = self.llm.generate(prompts, [self._params(sampling[i]) for i in fit], use_tqdm=False) if fit else []
+        raw = not has_template(self.tokenizer)
         for i, o in zip(fit, outputs):
-            out[i] = o.outputs[0].text.strip()
+            out[i] = raw_reply(o.outputs[0].text) if raw else o.outputs[0].text.strip()
         if progress:
             progress(len(out))
         return out
