@@ -99,12 +99,22 @@ class FewShot(StrictModel):
     principle: Text | None = None
 
 
+class JudgeExample(StrictModel):
+    """A labelled comparison shown to the AI-feedback judge before the real one (the paper's few-shot)."""
+
+    prompt: Text
+    better: Text
+    worse: Text
+    principle: Text | None = None  # whose comparison question it is asked with; unset: the judged principle's
+
+
 class Constitution(StrictModel):
     name: Text
     version: Text | None = None
     description: Text | None = None
     principles: list[Principle] = Field(min_length=1)
     few_shot: list[FewShot] = []
+    judge_few_shot: list[JudgeExample] = []
 
     _source_path: Path | None = PrivateAttr(default=None)
 
@@ -131,6 +141,15 @@ class Constitution(StrictModel):
             if shot.principle is not None and shot.principle not in first:
                 msg = f"unknown principle '{shot.principle}'" + did_you_mean(shot.principle, first)
                 errors.append((("few_shot", j, "principle"), msg, shot.principle))
+        for j, ex in enumerate(self.judge_few_shot):
+            if ex.principle is None:
+                continue
+            if ex.principle not in first:
+                msg = f"unknown principle '{ex.principle}'" + did_you_mean(ex.principle, first)
+                errors.append((("judge_few_shot", j, "principle"), msg, ex.principle))
+            elif self.principles[first[ex.principle]].comparison is None:
+                errors.append((("judge_few_shot", j, "principle"),
+                               f"principle '{ex.principle}' has no comparison question to ask the example with", ex.principle))
         if errors:
             _fail("Constitution", errors)
         return self

@@ -20,7 +20,7 @@ from cai.cache import Cache, CachedBackend
 from cai.config import PipelineConfig
 from cai.constitution import Constitution
 from cai.critique import SLCAI
-from cai.judge import Judge
+from cai.judge import PROMPT_VERSION, Judge, can_prefill
 from cai.pairs import FeedbackStage
 from cai.progress import StageProgress
 from cai.records import RecordStore, new_record
@@ -43,7 +43,9 @@ class Stats:
     stage_seconds: Counter = field(default_factory=Counter)
 
 
-def _prompt_digest(text: str) -> str:
+def _prompt_digest(example: dict) -> str:
+    """What a record depends on from its example: the prompt, and whether it is kept unrevised."""
+    text = example["prompt"] + ("\x1fkept" if example.get("kept") else "")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -94,7 +96,8 @@ class Engine:
             "sampling": c.sampling.model_dump(),
         }
         if c.feedback.enabled:
-            parts.update(feedback=c.feedback.model_dump(), judge=self.judge.identity)
+            parts.update(feedback=c.feedback.model_dump(), judge=self.judge.identity,
+                         judge_prompt={"version": PROMPT_VERSION, "prefill": can_prefill(c.judge_spec().backend)})
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def _sampling(self, stage: str, example_id: str) -> Sampling:
@@ -124,7 +127,7 @@ class Engine:
     def pending(self, examples: list[dict]) -> list[dict]:
         """Examples without a record made with this fingerprint for this exact prompt."""
         done = {r["id"]: r.get("prompt_sha") for r in self.store.current(self.fingerprint)}
-        todo = [ex for ex in examples if done.get(ex["id"]) != _prompt_digest(ex["prompt"])]
+        todo = [ex for ex in examples if done.get(ex["id"]) != _prompt_digest(ex)]
         self.stats.resumed = len(examples) - len(todo)
         return todo
 
@@ -155,7 +158,7 @@ class Engine:
     def process(self, chunk: list[dict]) -> list[dict]:
         """One chunk through every stage; records come back filled (or marked failed), not stored."""
         meta = {"model": self.policy.identity, "constitution_sha256": self.constitution.sha256}
-        records = [new_record(ex, self.fingerprint, {**meta, "prompt_sha": _prompt_digest(ex["prompt"])})
+        records = [new_record(ex, self.fingerprint, {**meta, "prompt_sha": _prompt_digest(ex)})
                    for ex in chunk]
         for stage in self.stages:
             stage.run(records, self.calls)

@@ -1,9 +1,14 @@
 """RL-CAI AI feedback: a judge picks the better of two answers per principle, with soft labels.
 
 As in the Constitutional AI paper, the judge sees the conversation, one
-principle's comparison question and "Options: (A) ... (B) ...", then "The
-answer is:"; the label is the judge's probability of each option letter,
-normalized over the two. Every comparison is scored in both orders and
+principle's comparison question and "Options: (A) ... (B) ...", after the
+constitution's labelled comparisons (`judge_few_shot`), if any; the label is the
+judge's probability of each option letter, normalized over the two. Where the
+backend runs the model itself (transformers, vLLM) the reply is prefilled with
+"The answer is: (", so the next token is the letter (with a chat template, or
+as raw Human/Assistant text for a pretrained model without one). An API cannot
+be prefilled: the question then ends with "The answer is:" and the letter is
+read from the reply's first token (" A" and "A" combined). Every comparison is scored in both orders and
 averaged (position bias is large in judges of every size), over `k`
 principles drawn per comparison (the paper's principle ensemble). With
 chain-of-thought the judge reasons first and the probabilities, which then
@@ -24,7 +29,12 @@ from cai.stage import BackendCalls, Calls
 CHOICES = ("A", "B")  # single tokens that differ at the first token, so API backends can score them
 COT_STAGE, SCORE_STAGE = "judge-cot", "judge"
 COT_REQUEST = "Think step by step about which option is better before answering."
-COT_FOLLOW_UP = "So, which option is better, (A) or (B)? The answer is:"
+COT_FOLLOW_UP = "So, which option is better, (A) or (B)?"
+ANSWER = "The answer is:"
+PREFILL = ANSWER + " ("  # the assistant turn the letter continues
+# Bumped whenever what the judge is asked changes: part of the record fingerprint, so a
+# resumed run never mixes labels from two prompts.
+PROMPT_VERSION = 2
 
 
 @dataclass
@@ -49,13 +59,34 @@ class Verdict:
     reasoning: list[str] = field(default_factory=list)
 
 
-def judge_prompt(prompt: str, first: str, second: str, principle: Principle, cot: bool = False) -> str:
+def judge_prompt(prompt: str, first: str, second: str, question: str, ending: str = "") -> str:
     return (
         "Consider the following conversation between a human and an assistant:\n"
-        f"Human: {prompt}\n\n{principle.comparison}\n"
-        f"Options:\n(A) {first}\n(B) {second}\n\n"
-        + (COT_REQUEST if cot else "The answer is:")
+        f"Human: {prompt}\n\n{question}\n"
+        f"Options:\n(A) {first}\n(B) {second}" + (f"\n\n{ending}" if ending else "")
     )
+
+
+def answer_turn(prefill: bool, letter: str = "") -> dict:
+    """The judge's reply: prefilled up to the letter, or (no prefill) the letter alone."""
+    return {"role": "assistant", "content": f"{PREFILL}{letter})" if prefill and letter else PREFILL if prefill else letter}
+
+
+def few_shot_turns(constitution: Constitution, principle: Principle, prefill: bool) -> list[dict]:
+    """The constitution's labelled comparisons as earlier turns; the better answer alternates
+    between (A) and (B) so the examples teach no position."""
+    turns: list[dict] = []
+    for n, ex in enumerate(constitution.judge_few_shot):
+        question = constitution.principle(ex.principle).comparison if ex.principle else principle.comparison
+        first, second, letter = (ex.better, ex.worse, "A") if n % 2 == 0 else (ex.worse, ex.better, "B")
+        turns += [{"role": "user", "content": judge_prompt(ex.prompt, first, second, question, "" if prefill else ANSWER)},
+                  answer_turn(prefill, letter)]
+    return turns
+
+
+def can_prefill(backend: str) -> bool:
+    """In-process backends continue a prefilled assistant turn; an OpenAI-compatible API cannot."""
+    return backend != "openai"
 
 
 def soft_label(logprobs: Sequence[float]) -> tuple[float, float] | None:
@@ -82,19 +113,26 @@ class Judge:
 
     def __init__(self, constitution: Constitution, principles: int = 2, seed: int = 0,
                  cot: bool = False, clamp: tuple[float, float] = (0.4, 0.6),
-                 cot_sampling: Sampling = Sampling(max_new_tokens=96, repetition_penalty=1.1)):
+                 cot_sampling: Sampling = Sampling(max_new_tokens=96, repetition_penalty=1.1),
+                 prefill: bool = True):
+        self.constitution = constitution
         self.principles = constitution.comparison_principles
         if not self.principles:
             raise ValueError("no principle has a comparison question; AI feedback needs at least one")
         self.k = min(principles, len(self.principles))
         self.seed, self.cot, self.clamp, self.cot_sampling = seed, cot, clamp, cot_sampling
+        self.prefill = prefill  # False for API backends, which cannot continue an assistant turn
 
     @classmethod
     def for_feedback(cls, config, constitution: Constitution, seed_offset: int = 0) -> "Judge":
         """The judge exactly as `--feedback` labels with it (a PipelineConfig's feedback settings)."""
         fb = config.feedback
         return cls(constitution, fb.principles, config.seed + seed_offset, fb.cot, fb.cot_clamp,
-                   Sampling(**fb.cot_sampling.model_dump()))
+                   Sampling(**fb.cot_sampling.model_dump()), prefill=can_prefill(config.judge_spec().backend))
+
+    def version(self) -> dict:
+        """What the judge is asked, for the record fingerprint (the constitution's hash covers its texts)."""
+        return {"prompt_version": PROMPT_VERSION, "prefill": self.prefill}
 
     def draw(self, comparison_id: str) -> list[Principle]:
         return rank_principles(self.principles, comparison_id, "judge", self.seed)[: self.k]
@@ -112,7 +150,9 @@ class Judge:
         for n, p, a_first in jobs:
             item = items[n]
             first, second = (item.a, item.b) if a_first else (item.b, item.a)
-            convs.append([{"role": "user", "content": judge_prompt(item.prompt, first, second, p, self.cot)}])
+            ending = COT_REQUEST if self.cot else "" if self.prefill else ANSWER
+            convs.append(few_shot_turns(self.constitution, p, self.prefill)
+                         + [{"role": "user", "content": judge_prompt(item.prompt, first, second, p.comparison, ending)}])
             ids.append(f"{item.id}\x1f{p.id}\x1f{int(a_first)}")
         failed: dict[int, CallFailed] = {}
         reasoning: dict[int, list[str]] = {}
@@ -127,7 +167,9 @@ class Judge:
                 usable[j] = bool(thought.strip())
                 reasoning.setdefault(n, []).append(thought)
                 convs[j] = convs[j] + [{"role": "assistant", "content": thought},
-                                       {"role": "user", "content": COT_FOLLOW_UP}]
+                                       {"role": "user", "content": COT_FOLLOW_UP + ("" if self.prefill else " " + ANSWER)}]
+        if self.prefill:
+            convs = [c + [answer_turn(True)] for c in convs]
         live = [j for j in range(len(jobs)) if jobs[j][0] not in failed]
         scores = dict(zip(live, calls.score(SCORE_STAGE, [convs[j] for j in live], [ids[j] for j in live], CHOICES)))
         per: dict[int, dict[str, dict]] = {n: {} for n in range(len(items))}

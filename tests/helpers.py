@@ -108,7 +108,15 @@ def records_by_id(out: Path) -> dict[str, list[dict]]:
     return found
 
 
-OPTIONS = re.compile(r"\(A\) (.*)\n\(B\) (.*)\n", re.S)
+OPTIONS = re.compile(r"\(A\) (.*)\n\(B\) (.*?)(?:\n\n|$)", re.S)
+
+
+def options_asked(conversation) -> tuple[str, str]:
+    """The two options of the comparison being judged (the last user turn that has them; earlier
+    ones are few-shot examples)."""
+    asked = [m["content"] for m in conversation if m["role"] == "user" and "Options:" in m["content"]][-1]
+    a, b = OPTIONS.search(asked).groups()
+    return a.strip(), b.strip()
 
 
 class FakeJudge(ScriptedBackend):
@@ -127,8 +135,7 @@ class FakeJudge(ScriptedBackend):
         self.scored += len(conversations)
         out = []
         for conv in conversations:
-            a, b = OPTIONS.search(conv[0]["content"]).groups()
-            out.append(list(self.prefer(a.strip(), b.strip())))
+            out.append(list(self.prefer(*options_asked(conv))))
         return out
 
 
