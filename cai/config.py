@@ -70,6 +70,10 @@ class PromptSource(_Strict):
     split: str = "train"  # for datasets
     field: str = "prompt"  # column holding the prompt text
     category: str | None = None  # used when rows carry none
+    # revise: SL-CAI critiques and revises the answers. keep: the initial answer is kept as
+    # helpfulness SFT data (no critique, no revision, no pair), as the paper mixes in helpful
+    # samples, so that SL-CAI data does not teach refusing benign requests.
+    mode: Literal["revise", "keep"] = "revise"
 
 
 def _moved(cls, value, info):

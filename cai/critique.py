@@ -99,7 +99,11 @@ class SLCAI:
         for st, answer in answered:
             st["rec"]["initial"] = st["latest"] = answer
             st["hist"].append({"role": "assistant", "content": answer})
-        live = [st for st, _ in answered]
+        live = [st for st, _ in answered if not st["rec"].get("kept")]
+        for st, _ in answered:
+            if st["rec"].get("kept"):  # helpfulness data: the answer as it is
+                st["rec"]["final"] = st["latest"]
+                st["rec"]["flags"] = quality.record_flags(st["rec"])
         for r in range(1, self.rounds + 1):
             for st in live:
                 st["principle"] = p = sample_principle(self.principles, st["rec"]["id"], r, self.seed)

@@ -168,7 +168,7 @@ def build(records: Iterable[dict], run_dir: str | Path, test_size: float, feedba
                 labels.update(counts)
                 for row in judged:
                     writers.add("default", split, row)
-            elif not rec["flags"]:
+            elif not rec["flags"] and not rec.get("kept"):  # a kept answer has no revision to prefer
                 writers.add("default", split, made["default"])
         writers.close()
         splits = {c: {s: n for (cc, s), n in writers.counts.items() if cc == c} for c in SCHEMAS}

@@ -52,7 +52,8 @@ class FeedbackStage:
 
     def run(self, records: list[dict], calls: Calls) -> None:
         """Fill rec["feedback"] = {samples, comparisons, skipped}; a failed call marks rec["failed"]."""
-        live = [r for r in records if "failed" not in r]
+        # Kept (helpfulness) records are not judged against harmlessness principles.
+        live = [r for r in records if "failed" not in r and not r.get("kept")]
         for rec in live:
             rec["feedback"] = {"samples": [], "comparisons": [], "skipped": 0}
         if self.sampled:

@@ -179,6 +179,7 @@ def load_prompts(sources: list[PromptSource], limit: int | None = None, holdout:
                     continue
                 category = obj.get("category") or source.category
                 examples.append({"id": ex_id, "prompt": text, "category": str(category) if category else None, "source": name,
+                                 **({"kept": True} if source.mode == "keep" else {}),
                                  # where the prompt is, for later checks' messages (file, line, field)
                                  "where": (*where, f"{field}{source.field}")})
         except InputError as exc:  # the file cannot be read further: keep what was found, check the other files

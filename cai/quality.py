@@ -87,6 +87,7 @@ def record_flags(record: dict) -> list[str]:
     for rnd in record.get("rounds", []):
         flags.extend(r for r in (rnd.get("critique_problem"), rnd.get("revision_problem")) if r)
     final = record.get("final") or ""
-    if initial.strip() and final.strip() and near_duplicate(initial, final):
+    # A kept (helpfulness) record is unrevised on purpose.
+    if not record.get("kept") and initial.strip() and final.strip() and near_duplicate(initial, final):
         flags.append("revision_unchanged")
     return sorted(set(flags), key=REASONS.index)

@@ -37,6 +37,7 @@ def new_record(example: dict, fingerprint: str, meta: dict) -> dict:
         "final": None,
         "flags": [],
         "fingerprint": fingerprint,
+        **({"kept": True} if example.get("kept") else {}),  # helpfulness data: answered, not revised
         **meta,
     }
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cai.backends import Sampling, create
-from cai.quality import REASONS, record_flags
+from cai.quality import record_flags
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,31 +69,35 @@ def test_cai_generate_end_to_end(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == str(out / "dataset")
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["counts"]["records"] == 2
-    assert run["counts"]["model_calls"] == 2 * 3
+    # The red-team prompt is answered, critiqued and revised; the benign one (mode: keep in the
+    # shipped pipeline) is answered only and kept as helpfulness SFT data.
+    assert run["counts"]["model_calls"] == 3 + 1
     assert run["model"]["identity"].startswith("SmolLM2-135M-Instruct@gguf-sha256:")
-    records = [json.loads(line) for f in sorted((out / "records").glob("shard-*")) for line in open(f)]
+    records = {json.loads(line)["id"][:3]: json.loads(line) for f in sorted((out / "records").glob("shard-*"))
+               for line in open(f)}
     from cai.constitution import load_constitution
+    from cai.dataset import held_out
 
     ids = {p.id for p in load_constitution(ROOT / "constitution" / "harmless.yaml").principles}
-    # --limit 2 takes one prompt from each shipped set.
-    assert sorted(r["id"][:3] for r in records) == ["bn-", "rt-"]
-    for rec in records:
-        assert rec["category"] and rec["initial"].strip() and rec["rounds"][0]["critique"].strip()
-        assert rec["rounds"][0]["principle_id"] in ids
+    # --limit 2 takes one prompt from each shipped set, none of those held out for `cai eval`.
+    assert sorted(records) == ["bn-", "rt-"] and not any(held_out(r["id"], 0.3) for r in records.values())
+    red, benign = records["rt-"], records["bn-"]
+    for rec in records.values():
+        assert rec["category"] and rec["initial"].strip()
         assert rec["constitution_sha256"] == run["constitution"]["sha256"]
-    # The pairs are exactly the unflagged records; a record's flags are the reasons its own content gives,
-    # counted in run.json.
-    unflagged = sorted(r["id"] for r in records if not r["flags"])
+    assert red["rounds"][0]["critique"].strip() and red["rounds"][0]["principle_id"] in ids
+    assert benign["kept"] and benign["rounds"] == [] and benign["final"] == benign["initial"]
+    assert all(r["flags"] == record_flags(r) for r in records.values())
+    sft = datasets.load_dataset(str(out / "sft"))
+    sft_rows = {i: m for split in sft.values() for i, m in zip(split["id"], split["messages"])}
+    assert sft_rows[benign["id"]][-1]["content"] == benign["initial"]  # the answer as it was, for SFT
+    # The pairs are exactly the unflagged revised records, counted in run.json.
     pairs = run["counts"]["pairs"]
-    assert pairs == len(unflagged) == len(records) - run["counts"]["flagged_records"]
-    assert all(r["flags"] == record_flags(r) for r in records)
-    assert run["counts"]["flagged"] == dict(Counter(f for r in records for f in r["flags"]))
+    assert pairs == (0 if red["flags"] else 1)
+    assert run["counts"]["flagged"] == dict(Counter(f for r in records.values() for f in r["flags"]))
     if pairs:
         ds = datasets.load_dataset(str(out / "dataset"))
-        assert sorted(i for split in ds.values() for i in split["id"]) == unflagged
-    else:  # nothing made it: no rows written, and every record says why
-        assert not list((out / "dataset").glob("*.parquet"))
-        assert all(r["flags"] and set(r["flags"]) <= set(REASONS) for r in records)
+        assert [i for split in ds.values() for i in split["id"]] == [red["id"]]
     # The same command again resumes: nothing left to compute.
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0
