@@ -14,7 +14,7 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-AUDIT_KEYS = ("position", "length", "format", "self_preference", "perturbations", "calibration")
+AUDIT_KEYS = ("accuracy", "position", "length", "format", "self_preference", "perturbations", "calibration")
 HISTOGRAM = "images/principle_usage.png"
 
 

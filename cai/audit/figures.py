@@ -2,8 +2,12 @@
 
 `raw` reads what a plain judge gives: the first principle drawn, the pair in
 the order shown. `mitigated` reads our label: both orders averaged over the
-principle ensemble. A Target pairs a verdict with whether its `a` answer is
-the one the figure asks about (the better, longer, padded, list-formatted...).
+principle ensemble, as `--feedback` labels. A Target pairs a verdict with
+whether its `a` answer is the one the figure asks about (the better, longer,
+padded, list-formatted...). Ties (|p - 0.5| under the tie threshold, or two
+equal texts) are counted apart, never as losses. Intervals resample clusters
+of probes (cai.stats.cluster_*), since one probe's principles and orders, and
+probes sharing an answer, are not independent.
 """
 
 from __future__ import annotations
@@ -12,79 +16,112 @@ from dataclasses import dataclass
 from statistics import fmean
 
 from cai.judge import Comparison, Verdict
-from cai.stats import mean_figure, proportion
-
-
-@dataclass
-class Target:
-    verdict: Verdict
-    a_is_target: bool
-    item: Comparison | None = None
-
-    def p(self, mode: str) -> float | None:
-        """P(the target answer is judged better)."""
-        v = self.verdict
-        if mode == "raw":
-            first = v.per_principle[0] if v.per_principle else {}
-            p_a = first.get("p_first")
-        else:
-            p_a = v.p_a
-        if p_a is None:
-            return None
-        return p_a if self.a_is_target else 1 - p_a
-
+from cai.stats import cluster_mean, cluster_proportion
 
 MODES = ("raw", "mitigated")
 
 
-def prefers(targets: list[Target], mode: str) -> dict:
-    """Share of comparisons where the judge prefers the target answer (0.5 = indifferent)."""
-    ps = [p for p in (t.p(mode) for t in targets) if p is not None]
-    return proportion(sum(p > 0.5 for p in ps), len(ps))
+@dataclass
+class Target:
+    verdict: Verdict | None  # None: the two texts are equal, nothing to judge (a tie)
+    a_is_target: bool  # the target is `a`: shown first in the raw order
+    item: Comparison
+    cluster: str
+    tie_threshold: float = 0.0
+
+    def is_tie(self, p: float) -> bool:
+        return abs(p - 0.5) < self.tie_threshold or p == 0.5
+
+    def p_order(self, target_first: bool, principle: int | None = None) -> float | None:
+        """P(target better) with the target shown as (A) if `target_first`, else as (B);
+        one principle's (by index) or the ensemble's. The same meaning whichever answer wins."""
+        v = self.verdict
+        if v is None:
+            return 0.5
+        src = v.per_principle[principle] if principle is not None else {"p_first": v.p_first, "p_second": v.p_second}
+        # Verdicts give P(a better) with a shown as (A) (p_first) or as (B) (p_second).
+        p_a = src.get("p_first" if target_first == self.a_is_target else "p_second")
+        return None if p_a is None else p_a if self.a_is_target else 1 - p_a
+
+    def p(self, mode: str) -> float | None:
+        """P(the target answer is judged better): raw = first principle in the order shown; mitigated = our label."""
+        v = self.verdict
+        if v is None:
+            return 0.5
+        if mode == "raw":
+            return self.p_order(self.a_is_target, 0) if v.per_principle else None
+        return None if v.p_a is None else v.p_a if self.a_is_target else 1 - v.p_a
+
+    def outcome(self, mode: str) -> str | None:
+        p = self.p(mode)
+        return None if p is None else "tie" if self.is_tie(p) else "win" if p > 0.5 else "loss"
+
+
+def share(targets: list[Target], mode: str) -> dict:
+    """Share of decided comparisons won by the target (0.5 = indifferent); ties counted apart."""
+    decided = [(t.outcome(mode) == "win", t.cluster) for t in targets if t.outcome(mode) in ("win", "loss")]
+    ties = sum(t.outcome(mode) == "tie" for t in targets)
+    return cluster_proportion([w for w, _ in decided], [c for _, c in decided], ties)
 
 
 def both_modes(fn, *args) -> dict:
     return {mode: fn(*args, mode) for mode in MODES}
 
 
-def position(verdicts: list[Verdict]) -> dict:
-    """Per (comparison, principle) measurement: do the two orders agree, and how often is the first shown picked?"""
-    agree = flips = measured = firsts = singles = 0
-    for v in verdicts:
-        for m in v.per_principle:
-            pf, ps = m.get("p_first"), m.get("p_second")
-            for p, a_shown_first in ((pf, True), (ps, False)):
-                if p is not None and p != 0.5:
-                    singles += 1
-                    firsts += (p > 0.5) == a_shown_first
-            if pf is None or ps is None:
+def position(targets: list[Target]) -> dict:
+    """Raw: per (comparison, principle), do the two orders pick the same answer, and how often is the
+    first-shown one picked? Mitigated: the same after the principle ensemble, per order."""
+    pairs, singles, pair_ties, single_ties = [], [], 0, 0
+    for t in targets:
+        if t.verdict is None:
+            continue
+        for i in range(len(t.verdict.per_principle)):
+            first, second = t.p_order(True, i), t.p_order(False, i)  # P(target better), target shown (A) / (B)
+            for p, shown_first in ((first, True), (second, False)):
+                if p is not None and t.is_tie(p):
+                    single_ties += 1
+                elif p is not None:
+                    singles.append(((p > 0.5) == shown_first, t.cluster))
+            if first is None or second is None:
                 continue
-            measured += 1
-            same = (pf - 0.5) * (ps - 0.5) > 0
-            agree += same
-            flips += not same and pf != 0.5 and ps != 0.5
-    ensembled = [v for v in verdicts if v.p_first is not None and v.p_second is not None]
+            if t.is_tie(first) or t.is_tie(second):
+                pair_ties += 1
+            else:
+                pairs.append(((first > 0.5) == (second > 0.5), t.cluster))
+    ens, ens_ties = [], 0
+    for t in targets:
+        first, second = (t.p_order(True), t.p_order(False)) if t.verdict else (None, None)
+        if first is None or second is None:
+            continue
+        if t.is_tie(first) or t.is_tie(second):
+            ens_ties += 1
+        else:
+            ens.append(((first > 0.5) == (second > 0.5), t.cluster))
+    clusters = [c for _, c in pairs]
     return {
-        "raw": {"consistency": proportion(agree, measured), "primacy_share": proportion(firsts, singles),
-                "flip_rate": proportion(flips, measured)},
-        # After the principle ensemble, per order; averaging the two orders then makes the label
-        # order-invariant by construction, which is the point of swap-and-average.
-        "mitigated": {"consistency": proportion(sum(v.position_consistent for v in ensembled), len(ensembled)),
+        "raw": {"consistency": cluster_proportion([s for s, _ in pairs], clusters, pair_ties),
+                "primacy_share": cluster_proportion([f for f, _ in singles], [c for _, c in singles], single_ties),
+                "flip_rate": cluster_proportion([not s for s, _ in pairs], clusters, pair_ties)},
+        # Averaging the two orders then makes the label order-invariant by construction: the point of swap-and-average.
+        "mitigated": {"consistency": cluster_proportion([s for s, _ in ens], [c for _, c in ens], ens_ties),
                       "swap_averaged_order_invariant": True},
     }
 
 
-def shift(pairs: list[tuple[Target, Target]], mode: str) -> dict:
-    """Mean change in P(target better) from the first comparison to the second (bootstrap CI)."""
-    deltas = [b.p(mode) - a.p(mode) for a, b in pairs if a.p(mode) is not None and b.p(mode) is not None]
-    return mean_figure(deltas)
+def shift(pairs: list[tuple[Target, Target]], mode: str, sign: float = 1.0) -> dict:
+    """Mean change in P(target better) from each pair's first comparison to its second (`sign` -1: the
+    change in P(the other answer better)). Both copies are shown in the same order, so this is the edit's effect."""
+    kept = [(sign * (b.p(mode) - a.p(mode)), a.cluster) for a, b in pairs
+            if a.p(mode) is not None and b.p(mode) is not None]
+    return cluster_mean([d for d, _ in kept], [c for _, c in kept])
 
 
 def agreement(pairs: list[tuple[Target, Target]], mode: str) -> dict:
-    """Share of pairs whose two comparisons pick the same winner."""
-    same = [(a.p(mode) > 0.5) == (b.p(mode) > 0.5) for a, b in pairs
-            if a.p(mode) is not None and b.p(mode) is not None]
-    return proportion(sum(same), len(same))
+    """Share of pairs whose two comparisons pick the same winner; a pair with a tie on either side is a tie."""
+    outs = [(a.outcome(mode), b.outcome(mode), a.cluster) for a, b in pairs]
+    decided = [(x == y, c) for x, y, c in outs if x in ("win", "loss") and y in ("win", "loss")]
+    ties = sum("tie" in (x, y) for x, y, _ in outs)
+    return cluster_proportion([s for s, _ in decided], [c for _, c in decided], ties)
 
 
 def _ece(items: list[tuple[float, bool]]) -> float:
@@ -96,27 +133,30 @@ def _ece(items: list[tuple[float, bool]]) -> float:
 
 
 def calibration(targets: list[Target], mode: str) -> dict:
-    """Targets are the known better answers: accuracy, ECE over 10 confidence bins, Brier, reliability bins."""
-    # Stated as P(a better) against whether a is better, so the known orientation is not a given.
-    items = [(t.p(mode) if t.a_is_target else 1 - t.p(mode), t.a_is_target) for t in targets
+    """Targets are the known better answers. Scores P(answer `a` is better) against whether it is:
+    ECE over 10 confidence bins, Brier, mean confidence, reliability bins. Probabilities, not verdicts,
+    so ties stay in."""
+    items = [(t.p(mode) if t.a_is_target else 1 - t.p(mode), t.a_is_target, t.cluster) for t in targets
              if t.p(mode) is not None]
+    pys, clusters = [(p, y) for p, y, _ in items], [c for _, _, c in items]
     reliability = []
     for lo in [i / 10 for i in range(10)]:
-        inside = [(p, y) for p, y in items if lo <= p < lo + 0.1 or (lo == 0.9 and p == 1.0)]
+        inside = [(p, y) for p, y in pys if lo <= p < lo + 0.1 or (lo == 0.9 and p == 1.0)]
         if inside:
             reliability.append({"bin": [lo, lo + 0.1], "mean_predicted": fmean(p for p, _ in inside),
                                 "observed": fmean(y for _, y in inside), "n": len(inside)})
     return {
-        "accuracy": proportion(sum((p > 0.5) == y for p, y in items), len(items)),
-        "ece": mean_figure(items, _ece),
-        "brier": mean_figure([(p - y) ** 2 for p, y in items]),
-        "mean_confidence": mean_figure([max(p, 1 - p) for p, _ in items]),
+        "ece": cluster_mean(pys, clusters, _ece),
+        "brier": cluster_mean([(p - y) ** 2 for p, y in pys], clusters),
+        "mean_confidence": cluster_mean([max(p, 1 - p) for p, _ in pys], clusters),
         "reliability": reliability,
     }
 
 
 def fmt(fig: dict) -> str:
+    ties = f", {fig['ties']} ties" if fig.get("ties") else ""
     if fig.get("value") is None:
-        return "n/a (n=0)"
+        return f"n/a (n=0{ties})"
     lo, hi = fig["ci95"]
-    return f"{fig['value']:.2f} [{lo:.2f}, {hi:.2f}] (n={fig['n']})"
+    ci = f"[{lo:.2f}, {hi:.2f}]" if lo is not None else f"[no interval: {fig.get('clusters', 0)} cluster]"
+    return f"{fig['value']:.2f} {ci} (n={fig['n']}{ties})"

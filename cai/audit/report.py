@@ -18,24 +18,33 @@ def _png(fig) -> str:
     return data_uri(fig, dpi=110, bbox_inches="tight")
 
 
-def _bars(ax, labels: list[str], series: dict[str, list[dict]], reference: float | None, ylabel: str) -> None:
+def _bars(ax, labels: list[str], series: dict[str, list[dict]], reference: float | None, ylabel: str,
+          ylim: tuple[float, float] = (0, 1.05)) -> None:
     width = 0.8 / max(len(series), 1)
     for i, (name, figs) in enumerate(series.items()):
         xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(labels))]
         vals = [f["value"] if f.get("value") is not None else 0 for f in figs]
-        errs = [[max(v - (f["ci95"][0] or v), 0) for v, f in zip(vals, figs)],
-                [max((f["ci95"][1] or v) - v, 0) for v, f in zip(vals, figs)]]
+        lows = [f["ci95"][0] if f["ci95"][0] is not None else v for v, f in zip(vals, figs)]
+        highs = [f["ci95"][1] if f["ci95"][1] is not None else v for v, f in zip(vals, figs)]
+        errs = [[max(v - lo, 0) for v, lo in zip(vals, lows)], [max(hi - v, 0) for v, hi in zip(vals, highs)]]
         ax.bar(xs, vals, width, yerr=errs, capsize=3, label=name, color=COLORS.get(name, "#7570b3"))
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
 
 
 def plots(report: dict) -> dict[str, str]:
     out = {}
+    acc = report["accuracy"]
+    kinds = [k for k, v in acc.items() if isinstance(v, dict) and "raw" in v]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    _bars(ax, kinds, {m: [acc[k][m] for k in kinds] for m in MODES}, 0.5, "picks the known better answer")
+    ax.set_title("Judge accuracy on probes with a known better answer (0.5 = chance)")
+    out["accuracy"] = _png(fig)
+
     pos = report["position"]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     labels = ["orders agree (raw)", "first shown picked (raw)", "flip rate (raw)", "orders agree (ensemble)"]
@@ -52,27 +61,32 @@ def plots(report: dict) -> dict[str, str]:
         prefs["own answers"] = report["self_preference"]["prefers_own"]
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     _bars(ax, list(prefs), {m: [v[m] for v in prefs.values()] for m in MODES}, 0.5, "P(judge prefers it)")
-    ax.set_title("Length, format and self-preference (0.5 = no bias)")
+    ax.set_title("Length, format and self-preference (0.5 = no bias; ties apart)")
     out["preferences"] = _png(fig)
 
     pert = report["perturbations"]
-    names = [k for k in pert if isinstance(pert[k], dict) and "raw" in pert[k]]
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    _bars(ax, names, {m: [pert[n][m] for n in names] for m in MODES}, None, "same verdict as unperturbed")
-    ax.set_title("Robustness to perturbations (noise_floor: fresh principle draw)")
+    cues = [k for k, v in pert.items() if isinstance(v, dict) and "cue_pull" in v]
+    names = [k for k, v in pert.items() if isinstance(v, dict) and "robustness" in v]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    _bars(left, cues, {m: [pert[n]["cue_pull"][m] for n in cues] for m in MODES}, 0.0,
+          "change in P(cued answer wins)", (-1, 1))
+    left.set_title("Cue pull (0 = no effect)")
+    _bars(right, names, {m: [pert[n]["robustness"][m] for n in names] for m in MODES}, None, "same verdict")
+    right.set_title("Robustness (noise_floor: fresh principle draw)")
     out["perturbations"] = _png(fig)
 
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
     for m in MODES:
         rel = report["calibration"][m]["reliability"]
+        ece = report["calibration"][m]["ece"]["value"]
         ax.plot([b["mean_predicted"] for b in rel], [b["observed"] for b in rel], marker="o",
-                color=COLORS[m], label=f"{m} (ECE {report['calibration'][m]['ece']['value']:.2f})")
+                color=COLORS[m], label=f"{m} (ECE {ece:.2f})" if ece is not None else m)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("judge P(A better)")
-    ax.set_ylabel("observed share where A is better")
-    ax.set_title("Calibration (reliability diagram)")
+    ax.set_xlabel("judge P((A) is better)")
+    ax.set_ylabel("observed share where (A) is better")
+    ax.set_title("Calibration on the known-better probes")
     ax.legend(fontsize=8)
     out["calibration"] = _png(fig)
     return out
@@ -95,11 +109,12 @@ def write_html(path: Path, report: dict, meta: dict) -> None:
     parts = []
     for name, section in report.items():
         body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in _rows(section))
-        img = {"position": "position", "length": "preferences", "perturbations": "perturbations",
-               "calibration": "calibration"}.get(name)
-        parts.append(f"<section><h2>{name}</h2><p>{html.escape(section['summary'])}</p>"
+        img = {"accuracy": "accuracy", "position": "position", "length": "preferences",
+               "perturbations": "perturbations", "calibration": "calibration"}.get(name)
+        measures = f"<p><i>{html.escape(section['measures'])}</i></p>" if section.get("measures") else ""
+        parts.append(f"<section><h2>{name}</h2><p>{html.escape(section['summary'])}</p>{measures}"
                      + (f'<img alt="{name} plot" src="{images[img]}">' if img else "")
-                     + (f"<table><tr><th>figure</th><th>value [95% CI] (n)</th></tr>{body}</table>" if body else "")
+                     + (f"<table><tr><th>figure</th><th>value [95% CI] (n, ties)</th></tr>{body}</table>" if body else "")
                      + "</section>")
     j = meta["judge"]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cai judge audit</title>
@@ -109,9 +124,12 @@ img{{max-width:100%;display:block;margin:.5em 0}}</style></head><body>
 <h1>Judge audit</h1>
 <p>Judge <code>{html.escape(j['identity'])}</code>, {j['principles_per_comparison']} principles per comparison,
 constitution {html.escape(meta['constitution']['name'])} (<code>{meta['constitution']['sha256'][:12]}</code>);
-{meta['probes']} probe pairs, {meta['comparisons']} comparisons, {meta['seconds']} s.
+{meta['probes']} probe pairs ({html.escape(', '.join(f'{k}: {v}' for k, v in meta['probe_sources'].items()))}),
+{meta['comparisons']} comparisons, {meta['seconds']} s.
 <b>raw</b> = one principle, the order shown (a plain judge); <b>mitigated</b> = both orders averaged over the
-principle ensemble (what <code>cai generate --feedback</code> labels with). Intervals: Wilson for
-proportions, bootstrap otherwise.</p>
+principle ensemble, the judge built as <code>cai generate --feedback</code> builds it (what it labels
+with). Ties (|p &minus; 0.5| &lt; {j['tie_threshold']}, or equal texts) are counted apart, never as losses.
+Intervals (95 %) resample whole probes, and probes sharing an answer template together, not single calls;
+shares are widened to at least the Wilson interval counting each such cluster once.</p>
 {''.join(parts)}</body></html>"""
     write_text_atomic(path, page)
