@@ -162,9 +162,10 @@ def test_soft_labels_filter_and_margin(tmp_path):
             for p, m in ((0.9, 2.2), (0.55, 0.2), (None, None))]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
     src = data.locate(str(tmp_path))
-    kept = data.pairs(src, min_confidence=0.6, keep_margin=True)
+    kept = data.pairs(src, min_confidence=0.6, label="margin")
     assert kept["margin"] == [2.2, 0.0]  # 0.55 dropped; an unlabelled pair is kept with margin 0
-    assert "margin" not in data.pairs(src).column_names
+    assert data.pairs(src, min_confidence=0.6, label="chosen_prob")["chosen_prob"] == [0.9, 1.0]  # p = 1
+    assert {"margin", "chosen_prob"}.isdisjoint(data.pairs(src).column_names)
     kto = data.kto(src)
     assert len(kto) == 6 and sorted(kto["label"]) == [False] * 3 + [True] * 3
 
@@ -290,9 +291,9 @@ def test_bad_yaml_field_and_missing_columns_exit_2(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_reward_on_ai_feedback_labels_uses_margin_and_confidence(tiny_model, train_yaml, tmp_path):
+def test_reward_on_ai_feedback_labels_uses_soft_labels_and_confidence(tiny_model, train_yaml, tmp_path):
     """A `generate --feedback` run (scripted judge): pairs below min_confidence are dropped and the
-    judge's margin reaches RewardTrainer."""
+    judge's chosen_prob (or with --reward-loss margin its margin) reaches RewardTrainer."""
     import pyarrow.parquet as pq
 
     from cai.config import load_pipeline
@@ -302,11 +303,13 @@ def test_reward_on_ai_feedback_labels_uses_margin_and_confidence(tiny_model, tra
     generate(load_pipeline(write_pipeline(tmp_path / "gen", n_prompts=24, rounds=1), feedback=True))
     run = tmp_path / "gen" / "out"
     probs = pq.read_table(run / "dataset" / "train.parquet").column("chosen_prob").to_pylist()
-    kept = data.pairs(data.locate(str(run)), min_confidence=0.6, keep_margin=True)
+    kept = data.pairs(data.locate(str(run)), min_confidence=0.6, label="margin")
     assert len(kept) == sum(p >= 0.6 for p in probs) and 0 < len(kept) < len(probs)
     assert all(m > 0 for m in kept["margin"])
-    metrics = _train("reward", run, tmp_path / "rm", tiny_model, train_yaml, max_steps=1, min_confidence=0.6)
-    assert metrics["steps"] == 1
+    for loss in ("soft", "margin"):
+        metrics = _train("reward", run, tmp_path / loss, tiny_model, train_yaml, max_steps=1, min_confidence=0.6,
+                         reward_loss=loss)
+        assert metrics["steps"] == 1
 
 
 @pytest.mark.slow

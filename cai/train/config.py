@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from cai import shipped
 from cai.errors import InputError, Problem
@@ -77,6 +77,12 @@ class TrainConfig(_Strict):
     max_length: int = Field(256, gt=8)
     seed: int = 0
     loss_type: DPOLoss = "sigmoid"  # DPO loss variant
+    # With AI-feedback labels (chosen_prob = p): soft trains toward p (cai/train/soft_labels.py); hard on the
+    # plain preference; margin (reward only) is TRL's -logσ(Δ - logit p), which has no finite optimum.
+    reward_loss: Literal["soft", "margin", "hard"] = "soft"
+    dpo_targets: Literal["soft", "hard"] = "soft"  # soft: sigmoid DPO with per-row label smoothing 1 - p
+    # DPO: conservative sigmoid on rows without a label (all rows with hard targets); robust, exo_pair, aot
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, validate_default=True)
     simpo_gamma: float = Field(0.5, ge=0)
     min_confidence: float = Field(0.0, ge=0, le=1)  # drop pairs whose judge chosen_prob is below
     bf16: bool | None = None  # null: on with a GPU, off on CPU
@@ -86,6 +92,13 @@ class TrainConfig(_Strict):
     eval_reward: bool = True  # reward: held-out pairwise accuracy on the test split
     ppo: PPOSection = PPOSection()
     grpo: GRPOSection = GRPOSection()
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _exo_needs_smoothing(cls, value, info):
+        if value == 0 and info.data.get("loss_type") == "exo_pair":
+            raise ValueError("exo_pair needs a label smoothing above 0 (its paper suggests 1e-3)")
+        return value
 
     def resolved_out(self) -> Path:
         return Path(self.out) if self.out else Path(self.data or ".") / "train" / self.algo

@@ -11,12 +11,13 @@ one user turn, one assistant turn), implicit prompt (chosen/rejected hold the
 whole conversation), `from`/`value` messages, prompt/completion for SFT. Views:
 
 - messages  -> prompt/completion (SFT; the loss falls on the completion = the assistant turn)
-- pairs     -> prompt/chosen/rejected (+ `margin` when AI-feedback labels are there)
+- pairs     -> prompt/chosen/rejected (+ `chosen_prob` or `margin` when AI-feedback labels are there)
 - kto       -> prompt/completion/label, two unpaired rows per pair (TRL's unpair_preference_dataset)
 - prompts   -> prompt (PPO/GRPO rollouts)
 
 AI-feedback columns are optional: with `chosen_prob` present, pairs below
-`min_confidence` are dropped; `margin` is kept for the reward model.
+`min_confidence` are dropped; `chosen_prob` (soft targets) or `margin` is kept for the
+reward model and DPO (cai/train/soft_labels.py).
 """
 
 from __future__ import annotations
@@ -155,8 +156,13 @@ def constitution_hash(source: Source) -> str | None:
     return None
 
 
-def pairs(source: Source, split: str = "train", min_confidence: float = 0.0, keep_margin: bool = False):
-    """prompt/chosen/rejected (+ margin), filtered by judge confidence when labels are present."""
+def pairs(source: Source, split: str = "train", min_confidence: float = 0.0, label: str | None = None,
+          fill: float | None = None):
+    """prompt/chosen/rejected, filtered by judge confidence when labels are present.
+
+    `label` ("margin" or "chosen_prob") keeps that column when the data has it; a pair without a label
+    gets `fill` (default: margin 0, chosen_prob 1, a plain hard preference).
+    """
     if source.pairs_dir is None:
         raise InputError([Problem("--data", None, "", "no preference pairs (prompt/chosen/rejected) in this data")])
     ds = _load(source.pairs_dir, split)
@@ -165,10 +171,11 @@ def pairs(source: Source, split: str = "train", min_confidence: float = 0.0, kee
     _require(ds, PAIR_COLUMNS, source.pairs_dir, "preference training")
     if min_confidence > 0 and "chosen_prob" in ds.column_names:
         ds = ds.filter(lambda p: p is None or p >= min_confidence, input_columns="chosen_prob")
-    keep = list(PAIR_COLUMNS) + (["margin"] if keep_margin and "margin" in ds.column_names else [])
+    keep = list(PAIR_COLUMNS) + ([label] if label and label in ds.column_names else [])
     ds = ds.select_columns(keep)
-    if "margin" in keep:  # a pair without a label gets no margin
-        ds = ds.map(lambda m: {"margin": 0.0 if m is None else float(m)}, input_columns="margin")
+    if label in keep:
+        default = fill if fill is not None else {"margin": 0.0, "chosen_prob": 1.0}[label]
+        ds = ds.map(lambda v: {label: default if v is None else float(v)}, input_columns=label)
     return ds
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cai.train import data
+from cai.train import data, soft_labels
 from cai.train.config import BETA_DEFAULTS, LR_DEFAULTS, TrainConfig
 
 
@@ -75,13 +75,24 @@ def sft(config, source, model_path, tok, out):
 
 
 def dpo(config, source, model_path, tok, out, **extra):
+    """TRL's DPOTrainer; the sigmoid loss trains toward each pair's chosen_prob (--dpo-targets soft) or,
+    with --label-smoothing, is conservative DPO (TRL 1.16 applies label_smoothing to robust/exo_pair/aot
+    only). Other loss types use TRL's loss with the global label_smoothing."""
     from trl import DPOConfig, DPOTrainer
 
-    train = data.require_rows(data.pairs(source, min_confidence=config.min_confidence), "dpo")
-    args = DPOConfig(**common_args(config, out), max_length=config.max_length, beta=beta(config),
-                     loss_type=[config.loss_type], **extra)
-    return DPOTrainer(model=load_policy(model_path), args=args, train_dataset=train, processing_class=tok,
-                      peft_config=lora(config))
+    ls = config.label_smoothing
+    soft = config.loss_type == "sigmoid" and config.dpo_targets == "soft"
+    train = data.require_rows(data.pairs(source, min_confidence=config.min_confidence,
+                                         label="chosen_prob" if soft else None, fill=1 - ls), "dpo")
+    per_row = config.loss_type == "sigmoid" and ("chosen_prob" in train.column_names or ls > 0)
+    if per_row and "chosen_prob" not in train.column_names:  # hard targets, smoothed: p = 1 - ε on every row
+        train = train.add_column("chosen_prob", [1 - ls] * len(train))
+    common = {**common_args(config, out), "remove_unused_columns": not per_row}
+    args = DPOConfig(**common, max_length=config.max_length, beta=beta(config), loss_type=[config.loss_type],
+                     label_smoothing=ls, **extra)
+    trainer = DPOTrainer(model=load_policy(model_path), args=args, train_dataset=train, processing_class=tok,
+                         peft_config=lora(config))
+    return soft_labels.soft_dpo(trainer) if per_row else trainer
 
 
 def kto(config, source, model_path, tok, out):
@@ -130,14 +141,18 @@ def load_reward_model(path: str, tok=None):
 
 
 def reward(config, source, model_path, tok, out):
-    """TRL's RewardTrainer; AI-feedback `margin` (log-odds of the judge's soft label) goes in when present."""
+    """TRL's RewardTrainer. With AI-feedback labels: soft (default) trains toward chosen_prob; margin feeds
+    TRL's `margin` column (the label's log-odds); hard ignores the labels. Unlabelled pairs: plain BT."""
     from trl import RewardConfig, RewardTrainer
 
-    train = data.require_rows(data.pairs(source, min_confidence=config.min_confidence, keep_margin=True),
-                              "reward")
-    args = RewardConfig(**common_args(config, out), max_length=config.max_length)
-    return RewardTrainer(model=load_reward_model(model_path, tok), args=args, train_dataset=train,
-                         processing_class=tok, peft_config=lora(config, "SEQ_CLS"))
+    label = {"soft": "chosen_prob", "margin": "margin", "hard": None}[config.reward_loss]
+    train = data.require_rows(data.pairs(source, min_confidence=config.min_confidence, label=label), "reward")
+    soft = "chosen_prob" in train.column_names
+    args = RewardConfig(**{**common_args(config, out), "remove_unused_columns": not soft},
+                        max_length=config.max_length)
+    trainer = RewardTrainer(model=load_reward_model(model_path, tok), args=args, train_dataset=train,
+                            processing_class=tok, peft_config=lora(config, "SEQ_CLS"))
+    return soft_labels.soft_reward(trainer) if soft else trainer
 
 
 def grpo(config, source, model_path, tok, out, reward_model: str):
