@@ -146,10 +146,12 @@ def audit(
     judge_model: Optional[str] = typer.Option(None, help="Judge model, instead of the pipeline's."),
     judge_backend: Optional[str] = typer.Option(None, help="Judge backend, instead of the pipeline's."),
     judge_base_url: Optional[str] = typer.Option(None, help="openai judge backend: the server's base URL."),
+    probes: Optional[List[Path]] = typer.Option(None, "--probes", help="Your own known-better pairs (JSONL: prompt, better, worse, optional id, kind), used instead of the shipped probes; repeatable."),
 ):
-    """Measure the judge's biases on probe pairs with a known better answer: position, length, format,
-    self-preference, CALM perturbations, calibration, raw and with our mitigations. Writes report.json and report.html."""
+    """Measure the judge's accuracy on probe pairs with a known better answer, and its biases: position, length,
+    format, self-preference, CALM perturbations, calibration, raw and as --feedback labels. Writes report.json and report.html."""
     from cai.audit import run_audit
+    from cai.audit.probe_files import load_probe_files
     from cai.config import load_pipeline
     from cai.progress import StageProgress
 
@@ -158,9 +160,11 @@ def audit(
             raise InputError([Problem("command line", None, "--limit", "must be at least 1")])
         config = load_pipeline(pipeline, judge_model=judge_model, judge_backend=judge_backend,
                                judge_base_url=judge_base_url)
+        if probes:
+            load_probe_files(probes)  # every bad line reported before anything is written or loaded
         target = out or config.resolved_out() / "audit"
         with claim(target), StageProgress(err) as progress:
-            result = run_audit(config, target, limit, progress=progress)
+            result = run_audit(config, target, limit, progress=progress, probe_files=probes)
     for name, section in result["report"].items():
         err.print(f"{name}: {escape(section['summary'])}", soft_wrap=True)
     meta = result["meta"]
@@ -185,6 +189,9 @@ def train(
     max_length: Optional[int] = typer.Option(None, help="Max tokens per sequence (prompt + answer)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     loss_type: Optional[str] = typer.Option(None, help="DPO loss variant: sigmoid, ipo, hinge, robust, ..."),
+    reward_loss: Optional[str] = typer.Option(None, help="reward with AI-feedback labels: soft (default: cross-entropy against the judge's chosen_prob, the gap settles at its log-odds), margin (TRL's -logsigmoid(gap - log-odds), no finite optimum) or hard (labels ignored)."),
+    dpo_targets: Optional[str] = typer.Option(None, help="dpo --loss-type sigmoid with AI-feedback labels: soft (default: conservative DPO with label smoothing 1 - chosen_prob per pair) or hard."),
+    label_smoothing: Optional[float] = typer.Option(None, help="DPO label smoothing in [0, 0.5): conservative DPO for sigmoid (pairs without a judge label, or all with --dpo-targets hard), flip rate for robust, epsilon for exo_pair."),
     min_confidence: Optional[float] = typer.Option(None, help="With AI-feedback labels: drop pairs whose judge chosen_prob is below this."),
     reward_model: Optional[str] = typer.Option(None, help="ppo/grpo: a `cai train reward` output; trained first from the same data when missing."),
     report_to: Optional[List[str]] = typer.Option(None, help="Also log to tensorboard or wandb (TRL's report_to); repeatable."),
@@ -198,6 +205,7 @@ def train(
         cfg = load_train_config(config, algo=algo, data=str(data), out=str(out) if out else None, model=model,
                                 lora=lora, max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size,
                                 beta=beta, max_length=max_length, seed=seed, loss_type=loss_type,
+                                reward_loss=reward_loss, dpo_targets=dpo_targets, label_smoothing=label_smoothing,
                                 min_confidence=min_confidence, reward_model=reward_model, report_to=report_to)
         from cai.train.data import locate
         from cai.train.run import train as run
@@ -216,8 +224,9 @@ def eval_(
     model: str = typer.Option(..., help="The trained model folder (a `cai train` output)."),
     baseline: Optional[str] = typer.Option(None, help="Model to compare with (default: the trained model's base model from its train.json, else `embedded`)."),
     out: Path = typer.Option(..., help="Output folder for eval.json and report.html."),
-    prompts: Optional[List[str]] = typer.Option(None, help="Prompt files (red-team ids rt-..., benign bn-... or a `category`); default: the shipped sets' test split."),
-    judge_model: Optional[str] = typer.Option(None, help="Judge model (default: the baseline model)."),
+    prompts: Optional[List[str]] = typer.Option(None, help="Prompt files used whole (red-team ids rt-..., benign bn-... or a `category`); default: the pipeline's held-out prompts (see --pipeline)."),
+    pipeline: Optional[Path] = typer.Option(None, help="Pipeline whose prompt sources and `holdout` pick the eval prompts: exactly those `cai generate` leaves out (default: the one `cai generate` runs without an argument)."),
+    judge_model: Optional[str] = typer.Option(None, help="Judge model (default: the baseline model, with a self-preference warning; pass a model that is neither compared one)."),
     constitution: Optional[Path] = typer.Option(None, help="Constitution whose comparison questions the judge asks (default: the shipped constitution/harmless.yaml)."),
     limit: Optional[int] = typer.Option(None, help="At most this many prompts of each kind (red-team, benign)."),
     max_new_tokens: int = typer.Option(128, help="Tokens per generated answer."),
@@ -232,6 +241,7 @@ def eval_(
 
     with _guard():
         cfg = EvalConfig(model=model, baseline=baseline, out=str(out), prompts=prompts or [], judge_model=judge_model,
+                         pipeline=str(pipeline) if pipeline else None,
                          constitution=str(constitution) if constitution else None, limit=limit,
                          max_new_tokens=max_new_tokens, principles=principles, seed=seed)
         with claim(out), StageProgress(err) as progress:
