@@ -122,3 +122,22 @@ def test_a_reward_model_with_another_tokenizer_is_refused(tiny_model, tmp_path):
         _same_tokenizer("runs/rm", other, policy)
     (problem,) = info.value.problems
     assert str(problem).startswith("--reward-model: runs/rm: its tokenizer") and "differs from the policy's" in problem.message
+
+
+def test_response_logprobs_from_kept_logits_equal_the_full_forward(tiny_model):
+    """Logits are computed only where response tokens are predicted; the log-probs are the full forward's."""
+    from transformers import AutoModelForCausalLM
+
+    from cai.train.ppo import _logprobs, _positions
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(5, 500, (3, 14))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding in one row
+    q = 9
+    logp, logits = _logprobs(model, ids, mask, q, temperature=0.7)
+    full = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits[:, q - 1:-1] / 0.7
+    expected = torch.log_softmax(full.float(), -1).gather(-1, ids[:, q:, None]).squeeze(-1)
+    assert logp.shape == (3, 14 - q) and logits.shape[:2] == (3, 14 - q)
+    assert torch.allclose(logp, expected, atol=1e-5)

@@ -60,9 +60,13 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _logprobs(model, ids, mask, q: int, temperature: float):
-    """Log-probabilities of the response tokens ids[:, q:] and the logits that gave them."""
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
-    logits = logits[:, q - 1:-1].float() / temperature
+    """Log-probabilities of the response tokens ids[:, q:] and the logits that gave them.
+
+    Logits only where a response token is predicted (logits_to_keep): the vocabulary projection and
+    its log-softmax over every prompt position were a fifth of a PPO step (bench/ppo_step.py)."""
+    keep = ids.shape[1] - q + 1
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=keep).logits
+    logits = logits[:, :-1].float() / temperature
     return torch.log_softmax(logits, -1).gather(-1, ids[:, q:, None]).squeeze(-1), logits
 
 
