@@ -85,28 +85,20 @@ def run_arm(arm: str, args) -> dict[str, float]:
         ppo = ppo_mod.PPO(config, path, tok, lambda prompts, texts: [len(t) / 200 for t in texts])
         clock = Clock()
         clock.wrap(ppo.policy, "generate", "rollout: generate")
-        logp = ppo_mod._logprobs
-        values = ppo_mod._values
-        # forwards: counted by phase (inside rollout or inside update)
-        phase = {"name": "rollout"}
+        logp, values = ppo_mod._logprobs, ppo_mod._values
+        phase = {"name": "rollout"}  # forwards are counted by the phase they run in
 
-        def timed_logp(*a, **k):
-            t = time.perf_counter()
-            try:
-                return logp(*a, **k)
-            finally:
-                key = f"{phase['name']}: policy/ref forwards"
-                clock.seconds[key] = clock.seconds.get(key, 0.0) + time.perf_counter() - t
+        def timed(fn, what: str):
+            def run(*a, **k):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    key = f"{phase['name']}: {what}"
+                    clock.seconds[key] = clock.seconds.get(key, 0.0) + time.perf_counter() - t
+            return run
 
-        def timed_values(*a, **k):
-            t = time.perf_counter()
-            try:
-                return values(*a, **k)
-            finally:
-                key = f"{phase['name']}: value forwards"
-                clock.seconds[key] = clock.seconds.get(key, 0.0) + time.perf_counter() - t
-
-        ppo_mod._logprobs, ppo_mod._values = timed_logp, timed_values
+        ppo_mod._logprobs, ppo_mod._values = timed(logp, "policy/ref forwards"), timed(values, "value forwards")
         totals: list[dict[str, float]] = []
         for step in range(args.steps):
             clock.seconds = {}
