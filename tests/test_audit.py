@@ -21,7 +21,7 @@ from cai.backends.scripted import ScriptedBackend
 from cai.config import load_pipeline
 from cai.errors import InputError
 from cai.stats import cluster_bootstrap_ci, cluster_mean, cluster_proportion, proportion
-from helpers import FakeJudge, write_pipeline
+from helpers import FakeJudge, options_asked, write_pipeline
 
 WORSE = [p.worse[:40] for p in load_probes()]
 ALWAYS_A = lambda a, b: (math.log(0.8), math.log(0.2))  # noqa: E731
@@ -303,6 +303,100 @@ def test_self_preference_is_measured_against_a_second_model(tmp_path):
     assert sp["prefers_own"]["raw"]["n"] == 6 and "scripted:echo" in sp["note"]
 
 
+
+class Family(FakeJudge):
+    """A model family: writes answers carrying its marker and judges with `prefer`; records what it was asked."""
+
+    def __init__(self, marker, prefer):
+        super().__init__(prefer, identity=f"scripted:{marker}")
+        self.marker, self.asked, self.prompts = marker, [], []
+
+    def answer(self, prompt):
+        return f"{self.marker} answer to: {prompt}"
+
+    def chat(self, conversations, sampling, progress=None):
+        if "Options:" in conversations[0][-1]["content"]:
+            return super().chat(conversations, sampling, progress)
+        self.prompts += [c[-1]["content"] for c in conversations]
+        return [self.answer(c[-1]["content"]) for c in conversations]
+
+    def choice_logprobs(self, conversations, choices, progress=None):
+        self.asked += [options_asked(c) for c in conversations]
+        return super().choice_logprobs(conversations, choices, progress)
+
+
+def likes(marker):
+    """Prefers the answer carrying `marker`, in either order; elsewhere (the probes) a fixed coin on the texts."""
+    def prefer(a, b):
+        if (marker in a) != (marker in b):
+            return (math.log(0.9), math.log(0.1)) if marker in a else (math.log(0.1), math.log(0.9))
+        return neutral(a, b)
+    return prefer
+
+
+def neutral(a, b):
+    """Blind to who wrote what: the answer with the smaller hash wins, whichever order it is shown in."""
+    a_wins = hashlib.sha256(a.encode()).digest() < hashlib.sha256(b.encode()).digest()
+    return (math.log(0.8), math.log(0.2)) if a_wins else (math.log(0.2), math.log(0.8))
+
+
+@pytest.mark.parametrize("judge_prefers, policy_prefers, own, others_view, beyond", [
+    ("GEMMA", "SMOL", 1.0, 0.0, 1.0),  # each family prefers its own: all of it is self-preference
+    ("GEMMA", None, 1.0, None, None),  # a self-preferring judge against a neutral one (None: about 0.5)
+    (None, None, None, None, 0.0),  # neutral judges: about 0.5 each, and they agree: nothing beyond quality
+    ("GEMMA", "GEMMA", 1.0, 1.0, 0.0),  # both prefer the judge model's answers: quality, not self-preference
+])
+def test_self_preference_compares_both_models_answers_under_both_judges(tmp_path, judge_prefers, policy_prefers,
+                                                                        own, others_view, beyond):
+    config = load_pipeline(write_pipeline(tmp_path / "p", n_prompts=16), judge_model="gemma-like")
+    judge = Family("GEMMA", likes(judge_prefers) if judge_prefers else neutral)
+    policy = Family("SMOL", likes(policy_prefers) if policy_prefers else neutral)
+    result = run_audit(config, tmp_path / "audit", limit=16, judge_backend=judge, policy_backend=policy)
+    sp, meta = result["report"]["self_preference"], result["meta"]
+    prompts = [f"Question number {i} from p?" for i in range(16)]
+    # Both models answered the same 16 prompts, each through its own backend.
+    assert sorted(judge.prompts) == sorted(policy.prompts) == sorted(prompts)
+    assert sp["measured"] and sp["other_model_as_judge"]["measured"]
+    assert sp["answers"]["judge_model"] == meta["self_preference"]["judge_model"] == "scripted:GEMMA"
+    assert sp["answers"]["policy_model"] == sp["other_model_as_judge"]["identity"] == "scripted:SMOL"
+    rows = [json.loads(line) for line in (tmp_path / "audit" / "self_preference.jsonl").read_text().splitlines()]
+    assert [(r["judge_model_answer"], r["policy_answer"]) for r in rows] == [
+        (judge.answer(r["prompt"]), policy.answer(r["prompt"])) for r in rows] and len(rows) == 16
+    # The pairs judged: one model's answer against the other's to the same prompt, in both orders, over the
+    # same k principles, asked of both judges alike.
+    k = meta["judge"]["principles_per_comparison"]
+    for fam in (judge, policy):
+        pairs = [o for o in fam.asked if "SMOL" in " ".join(o) or "GEMMA" in " ".join(o)]
+        expected = [(judge.answer(q), policy.answer(q)) for q in prompts]
+        assert sorted(pairs) == sorted([(a, b) for a, b in expected] * k + [(b, a) for a, b in expected] * k)
+    assert len(policy.asked) == 16 * k * 2  # the policy judges only these pairs, none of the probes
+    figs = {"prefers_own": sp["prefers_own"], "others_view": sp["other_model_as_judge"]["prefers_judge_model_answers"],
+            "beyond": sp["beyond_quality"], "policy_own": sp["other_model_as_judge"]["prefers_own"]}
+    for name, want in (("prefers_own", own), ("others_view", others_view), ("beyond", beyond)):
+        for mode in ("raw", "mitigated"):
+            fig = figs[name][mode]
+            assert fig["n"] == 16 and fig["ties"] == 0, (name, mode, fig)
+            assert fig["ci95"][0] <= fig["value"] <= fig["ci95"][1], (name, mode, fig)
+            if want is not None:
+                assert fig["value"] == want, (name, mode, fig)
+            else:  # a neutral judge's coin: about half, and the interval says it cannot tell
+                assert 0.25 <= fig["value"] <= 0.75 and fig["ci95"][0] < 0.5 < fig["ci95"][1], (name, mode, fig)
+    m = "mitigated"
+    # beyond_quality = the judge's preference for its own answers minus the other judge's for the same answers,
+    # and the two judges' own preferences add up to 1 + beyond_quality.
+    value = {name: fig[m]["value"] for name, fig in figs.items()}
+    assert value["beyond"] == pytest.approx(value["prefers_own"] - value["others_view"])
+    assert value["prefers_own"] + value["policy_own"] == pytest.approx(1 + value["beyond"])
+    assert "beyond quality" in sp["summary"] and "other_model_as_judge" in sp["measures"]
+
+
+def test_self_preference_is_not_measured_when_the_judge_is_the_policy(config, tmp_path):
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "self_preference.jsonl").write_text("{}\n")  # an earlier audit's, of other models
+    report = run_audit(config, tmp_path / "audit", limit=4, judge_backend=FakeJudge(oracle))["report"]
+    assert not report["self_preference"]["measured"] and "--judge-model gemma-270m" in report["self_preference"]["note"]
+    assert not (tmp_path / "audit" / "self_preference.jsonl").exists()
+
 def _colored_pixels(png_path) -> int:
     import matplotlib.image as mpimg
     import numpy as np
@@ -378,7 +472,66 @@ def test_audit_of_the_embedded_judge(tmp_path):
     assert list(report) == list(SECTIONS) and meta["judge"]["identity"].startswith("SmolLM2-135M-Instruct")
     raw = report["position"]["raw"]["consistency"]
     assert raw["n"] == 6 * meta["judge"]["principles_per_comparison"] and 0 <= raw["value"] <= 1
-    assert not report["self_preference"]["measured"]
+    # The judge is the policy, a shipped model: its own answers are compared with the other shipped family's.
+    sp = report["self_preference"]
+    assert sp["measured"] and "gemma-270m's" in sp["note"], sp["note"]
+    assert sp["answers"]["judge_model"].startswith("SmolLM2-135M-Instruct@")
+    assert sp["answers"]["policy_model"].startswith("gemma-3-270m@")
+    own = sp["prefers_own"]["mitigated"]
+    assert own["n"] + own["ties"] == 6 and 0 <= own["value"] <= 1 if own["n"] else own["ties"] == 6
     acc = report["accuracy"]["all"]["mitigated"]
     assert acc["n"] + acc["ties"] == 6
     print(res.stderr)
+
+
+@pytest.mark.slow
+def test_self_preference_of_a_gemma_judge_against_the_embedded_policy(tmp_path):
+    """Two real families offline: the embedded SmolLM2 policy and a Gemma 3 270M judge each answer the same
+    prompts, and each judges the pairs. Kept small for 2 CPU cores: one probe pair (the probe figures are
+    not the point here), 3 prompts, 48-token answers, one principle."""
+    import sqlite3
+
+    from cai import shipped
+
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(json.dumps({
+        "name": "self-preference", "constitution": str(shipped.path(shipped.HARMLESS)),
+        "prompts": [str(shipped.path(shipped.RED_TEAM)), str(shipped.path(shipped.BENIGN))],
+        "policy": {"backend": "transformers", "model": "embedded", "options": {"dtype": "float32"}},
+        "sampling": {"respond": {"max_new_tokens": 48, "repetition_penalty": 1.1}},
+        "feedback": {"principles": 1}}))
+    probe = write_jsonl(tmp_path / "probe.jsonl", USER_PROBES[0])
+    out = tmp_path / "audit"
+    res = subprocess.run([sys.executable, "-m", "cai", "audit", str(pipeline), "--judge-model", "gemma-270m",
+                          "--limit", "3", "--probes", str(probe), "--out", str(out)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    meta = json.loads((out / "meta.json").read_text())
+    sp = report["self_preference"]
+    assert sp["measured"] and sp["other_model_as_judge"]["measured"], sp["summary"]
+    judge_id, policy_id = sp["answers"]["judge_model"], sp["answers"]["policy_model"]
+    assert judge_id.startswith("gemma-3-270m@") and policy_id.startswith("SmolLM2-135M-Instruct@")
+    assert meta["judge"]["identity"] == meta["self_preference"]["judge_model"] == judge_id
+    assert sp["other_model_as_judge"]["identity"] == meta["self_preference"]["policy_model"] == policy_id
+    # Each answer is the one its model wrote: the call cache holds it under that model's identity.
+    rows = [json.loads(line) for line in (out / "self_preference.jsonl").read_text().splitlines()]
+    db = sqlite3.connect(out / "cache.sqlite")
+    written = {m: {a for (v,) in db.execute("SELECT value FROM calls WHERE model = ?", (m,))
+                   if isinstance(a := json.loads(v), str)} for m in (judge_id, policy_id)}  # (not the scores)
+    assert len(rows) == sp["answers"]["prompts"] == 3
+    for r in rows:
+        assert r["judge_model_answer"] in written[judge_id] and r["judge_model_answer"] not in written[policy_id]
+        assert r["policy_answer"] in written[policy_id] and r["policy_answer"] not in written[judge_id]
+        for p in r["p_judge_model_answer_better"].values():
+            assert 0 <= p <= 1
+    other = sp["other_model_as_judge"]
+    for mode in ("raw", "mitigated"):
+        for fig, lo_bound in ((sp["prefers_own"][mode], 0), (other["prefers_judge_model_answers"][mode], 0),
+                              (other["prefers_own"][mode], 0), (sp["beyond_quality"][mode], -1)):
+            assert fig["n"] + fig["ties"] == 3, (mode, fig)
+            if fig["n"]:
+                lo, hi = fig["ci95"]
+                assert lo_bound <= lo <= fig["value"] <= hi <= 1, (mode, fig)
+    assert sp["prefers_own"]["raw"]["n"] > 0 and other["prefers_judge_model_answers"]["raw"]["n"] > 0
+    print(sp["summary"])

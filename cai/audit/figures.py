@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from statistics import fmean
 
 from cai.judge import Comparison, Verdict
-from cai.stats import cluster_mean, cluster_proportion
+from cai.stats import cluster_mean, cluster_proportion, paired_proportion_difference
 
 MODES = ("raw", "mitigated")
 
@@ -62,6 +62,16 @@ def share(targets: list[Target], mode: str) -> dict:
     decided = [(t.outcome(mode) == "win", t.cluster) for t in targets if t.outcome(mode) in ("win", "loss")]
     ties = sum(t.outcome(mode) == "tie" for t in targets)
     return cluster_proportion([w for w, _ in decided], [c for _, c in decided], ties)
+
+
+def share_difference(a: list[Target], b: list[Target], mode: str) -> dict:
+    """Share won by the target under one judge (`a`) minus under another (`b`), paired: a[i] and b[i] are the
+    same comparison. Pairs tied or unusable under either judge are left out (ties counted apart); Newcombe's
+    paired interval (each comparison its own cluster)."""
+    outs = [(x.outcome(mode), y.outcome(mode)) for x, y in zip(a, b, strict=True)]
+    won = lambda o: o == "win" if o in ("win", "loss") else None  # noqa: E731
+    fig = paired_proportion_difference([won(x) for x, _ in outs], [won(y) for _, y in outs])
+    return {**fig, "ties": sum("tie" in pair for pair in outs)}
 
 
 def both_modes(fn, *args) -> dict:

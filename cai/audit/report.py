@@ -57,8 +57,11 @@ def plots(report: dict) -> dict[str, str]:
     prefs = {"longer": report["length"]["prefers_longer"],
              "longer, when worse": report["length"]["prefers_longer_when_longer_is_worse"],
              "padded copy": report["length"]["prefers_padded_copy"], "bulleted copy": report["format"]["prefers_list"]}
-    if report["self_preference"]["measured"]:
-        prefs["own answers"] = report["self_preference"]["prefers_own"]
+    sp = report["self_preference"]
+    if sp["measured"]:
+        prefs["own answers"] = sp["prefers_own"]
+        if sp["other_model_as_judge"]["measured"]:  # the same answers, judged by the other model
+            prefs["judge model's answers, by the policy"] = sp["other_model_as_judge"]["prefers_judge_model_answers"]
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     _bars(ax, list(prefs), {m: [v[m] for v in prefs.values()] for m in MODES}, 0.5, "P(judge prefers it)")
     ax.set_title("Length, format and self-preference (0.5 = no bias; ties apart)")

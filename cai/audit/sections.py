@@ -81,7 +81,45 @@ def _perturbations(got: dict) -> dict:
                    f"{F.fmt(perturb['noise_floor']['robustness'][M])}"}
 
 
-def assemble(got: dict, probes: list[Probe], own: dict | None, self_note: str) -> dict:
+SELF_MEASURES = (
+    "prefers_own: share of prompts where the audited judge prefers its own model's answer to the other model's "
+    "answer to the same prompt (the policy's; when the judge is the policy, a shipped model, the other shipped "
+    "family's) (both greedy, each written by its own model; judged in both orders over the "
+    "principle ensemble; ties apart). On its own it mixes self-preference with quality: a judge whose model "
+    "writes better answers should prefer them. other_model_as_judge: the same pairs, principles and orders "
+    "judged by that other model; prefers_judge_model_answers is what the other family says of the same answers "
+    "(its own prefers_own is the complement, ties apart). beyond_quality = prefers_own - "
+    "other_model_as_judge.prefers_judge_model_answers, paired on the prompts both judges decided: 0 when the two "
+    "judges agree on which answers are better whoever wrote them, positive when each leans to its own model's "
+    "answers. With two judges it is their combined self-preference (the two prefers_own add up to 1 + "
+    "beyond_quality); a judge from a third family would tell which of the two leans. Each prompt is a cluster.")
+
+
+def _self_preference(own: dict | None, cross: dict | None, note: str, cross_note: str, info: dict) -> dict:
+    if own is None:
+        return {"measured": False, "note": note, "summary": note}
+    keys = list(own)
+    mine = [own[k] for k in keys]
+    section = {"measured": True, "note": note, "measures": SELF_MEASURES, "answers": info,
+               "prefers_own": F.both_modes(F.share, mine)}
+    other: dict = {"measured": cross is not None, "note": cross_note}
+    tail = f"; not judged by the other model ({cross_note})"
+    if cross is not None:
+        theirs = [cross[k] for k in keys]
+        other["identity"] = info.get("policy_model")
+        other["prefers_judge_model_answers"] = F.both_modes(F.share, theirs)
+        other["prefers_own"] = F.both_modes(F.share, [_retarget(t, not t.a_is_target) for t in theirs])
+        section["beyond_quality"] = {m: F.share_difference(mine, theirs, m) for m in F.MODES}
+        tail = (f"; the policy model as judge prefers the same answers {F.fmt(other['prefers_judge_model_answers'][M])}"
+                f"; beyond quality {F.fmt(section['beyond_quality'][M])}, mitigated")
+    section["other_model_as_judge"] = other
+    section["summary"] = (f"prefers its own answers {F.fmt(section['prefers_own'][M])} mitigated, "
+                          f"{F.fmt(section['prefers_own'][R])} raw ({note}){tail}")
+    return section
+
+
+def assemble(got: dict, probes: list[Probe], own: dict | None, self_note: str, cross: dict | None = None,
+             cross_note: str = "", self_info: dict | None = None) -> dict:
     base = list(got["base"].values())
     position = F.position(base)
     fmt = {"prefers_list": F.both_modes(F.share, list(got.get("format", {}).values()))}
@@ -95,7 +133,7 @@ def assemble(got: dict, probes: list[Probe], own: dict | None, self_note: str) -
         "length": _length(base, got),
         "format": {"measured": bool(got.get("format")), **fmt, "summary": (
             f"prefers the bulleted copy {F.fmt(fmt['prefers_list'][R])} raw, {F.fmt(fmt['prefers_list'][M])} mitigated")},
-        "self_preference": {"measured": own is not None, "note": self_note, "summary": self_note},
+        "self_preference": _self_preference(own, cross, self_note, cross_note, self_info or {}),
         "perturbations": _perturbations(got),
         "calibration": {"measured": True, "measures": (
             f"how well the judge's P(answer (A) is better) matches how often it is, on the {len(base)} base probe "
@@ -104,10 +142,5 @@ def assemble(got: dict, probes: list[Probe], own: dict | None, self_note: str) -
             f"P((A) is better) on {len(base)} known-better pairs: ECE {F.fmt(calibration[M]['ece'])}, "
             f"Brier {F.fmt(calibration[M]['brier'])} mitigated")},
     }
-    if own is not None:
-        own_pref = F.both_modes(F.share, list(own.values()))
-        report["self_preference"].update(prefers_own=own_pref, summary=(
-            f"prefers its own answers {F.fmt(own_pref[R])} raw, {F.fmt(own_pref[M])} mitigated ({self_note}); "
-            "answer quality is not controlled"))
     assert tuple(report) == SECTIONS
     return report
