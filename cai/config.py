@@ -56,6 +56,9 @@ class FeedbackConfig(_Strict):
                                                    repetition_penalty=1.1)
     principles: int = Field(2, ge=1, le=16)  # k principles per comparison, averaged (ensemble)
     cot: bool = False  # judge reasons first; probabilities clamped to cot_clamp as in the paper
+    # Prefill the judge's reply with "The answer is: (" (in-process backends only). Off: on the shipped
+    # probes the embedded judge is more often right asked for a fresh reply (bench/judge_prompts.py).
+    prefill: bool = False
     cot_clamp: tuple[float, float] = (0.4, 0.6)
     cot_sampling: StageSampling = StageSampling(max_new_tokens=96, repetition_penalty=1.1)
     tie_threshold: float = Field(0.02, ge=0, lt=0.5)  # |p - 0.5| below this is a tie

@@ -20,7 +20,7 @@ from cai.cache import Cache, CachedBackend
 from cai.config import PipelineConfig
 from cai.constitution import Constitution
 from cai.critique import SLCAI
-from cai.judge import PROMPT_VERSION, Judge, can_prefill
+from cai.judge import PROMPT_VERSION, Judge, prefill_for
 from cai.pairs import FeedbackStage
 from cai.progress import StageProgress
 from cai.records import RecordStore, new_record
@@ -97,7 +97,7 @@ class Engine:
         }
         if c.feedback.enabled:
             parts.update(feedback=c.feedback.model_dump(), judge=self.judge.identity,
-                         judge_prompt={"version": PROMPT_VERSION, "prefill": can_prefill(c.judge_spec().backend)})
+                         judge_prompt={"version": PROMPT_VERSION, "prefill": prefill_for(c)})
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def _sampling(self, stage: str, example_id: str) -> Sampling:

@@ -89,6 +89,11 @@ def can_prefill(backend: str) -> bool:
     return backend != "openai"
 
 
+def prefill_for(config) -> bool:
+    """Whether a pipeline's judge is prefilled: asked for (feedback.prefill) and possible on its backend."""
+    return config.feedback.prefill and can_prefill(config.judge_spec().backend)
+
+
 def soft_label(logprobs: Sequence[float]) -> tuple[float, float] | None:
     """(P(first option) normalized over both, their raw total mass), or None when unusable.
 
@@ -114,7 +119,7 @@ class Judge:
     def __init__(self, constitution: Constitution, principles: int = 2, seed: int = 0,
                  cot: bool = False, clamp: tuple[float, float] = (0.4, 0.6),
                  cot_sampling: Sampling = Sampling(max_new_tokens=96, repetition_penalty=1.1),
-                 prefill: bool = True):
+                 prefill: bool = False):
         self.constitution = constitution
         self.principles = constitution.comparison_principles
         if not self.principles:
@@ -128,7 +133,7 @@ class Judge:
         """The judge exactly as `--feedback` labels with it (a PipelineConfig's feedback settings)."""
         fb = config.feedback
         return cls(constitution, fb.principles, config.seed + seed_offset, fb.cot, fb.cot_clamp,
-                   Sampling(**fb.cot_sampling.model_dump()), prefill=can_prefill(config.judge_spec().backend))
+                   Sampling(**fb.cot_sampling.model_dump()), prefill=prefill_for(config))
 
     def version(self) -> dict:
         """What the judge is asked, for the record fingerprint (the constitution's hash covers its texts)."""

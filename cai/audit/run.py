@@ -165,7 +165,7 @@ def _other_model_as_judge(config: PipelineConfig, constitution, sp: _SelfPrefere
     """The same pairs, the same principles and orders, judged by the other model: what the other family says."""
     spec = getattr(sp.policy.backend, "spec", config.policy)
     judge = Judge.for_feedback(config, constitution)
-    judge.prefill = can_prefill(spec.backend)
+    judge.prefill = config.feedback.prefill and can_prefill(spec.backend)
     try:
         got = sp.batch.judge(judge, sp.policy, tick).get("self", {})
     except RuntimeError as exc:  # e.g. a server without logprobs: the main figure stands without it

@@ -39,7 +39,7 @@ from cai.eval.figures import summary_lines  # noqa: F401 - the package's API
 from cai.eval.models import check_models, default_baseline, judge_warnings
 from cai.eval.prompts import kind_of, load_eval_prompts, select_prompts  # noqa: F401
 from cai.field_errors import StrictModel
-from cai.judge import Comparison, Judge, can_prefill
+from cai.judge import Comparison, Judge
 from cai.runfiles import write_json
 from cai.train.config import flag_problems
 
@@ -166,8 +166,7 @@ def run_eval(cfg: EvalConfig, console=None, progress=None) -> dict:
                 close(backend)  # one model in memory at a time
         judge_backend = made["--judge-model"]
         identities["judge"] = judge_backend.identity
-        result = _judged(cfg, examples, by_kind, answers, judge_backend, constitution, say, bar,
-                         prefill=can_prefill(judge_spec.backend))
+        result = _judged(cfg, examples, by_kind, answers, judge_backend, constitution, say, bar)
     finally:
         cache.close()
         close(*made.values())
@@ -185,7 +184,7 @@ def run_eval(cfg: EvalConfig, console=None, progress=None) -> dict:
     return result
 
 
-def _judged(cfg, examples, by_kind, answers, judge_backend, constitution, say, bar, prefill=True) -> dict:
+def _judged(cfg, examples, by_kind, answers, judge_backend, constitution, say, bar) -> dict:
     """The judge's figures for both models' answers."""
     idx = {k: [i for i, e in enumerate(examples) if kind_of(e) == k] for k in ("red_team", "benign")}
     if cfg.prompts:  # kinds come from the caller's files; recompute from the grouping
@@ -197,7 +196,7 @@ def _judged(cfg, examples, by_kind, answers, judge_backend, constitution, say, b
             per_example[i]["kind"] = kind
 
     say("eval: judging")
-    judge = Judge(constitution, principles=cfg.principles, seed=cfg.seed, prefill=prefill)
+    judge = Judge(constitution, principles=cfg.principles, seed=cfg.seed)  # asked as --feedback asks by default
     rt = idx["red_team"]
     # Identical answers (common after light training) are a tie: the swap-averaged judge would
     # say exactly 0.5, so it is not asked.
