@@ -46,6 +46,10 @@ def test_vllm_greedy_answers_match_transformers(vllm_python, tmp_path):
     ref = local.choice_logprobs(convs[:2], [" (A)", " (B)"])
     for row, ref_row in zip(got["logprobs"], ref):
         assert row == pytest.approx(ref_row, abs=0.05)
+    prefilled = [c + [{"role": "assistant", "content": "The answer is: ("}] for c in convs[:2]]
+    for row, ref_row in zip(got["prefilled_logprobs"], local.choice_logprobs(prefilled, ["A", "B"])):
+        assert row == pytest.approx(ref_row, abs=0.05)
+    assert got["prefilled_chat"] == local.chat(prefilled, [Sampling(max_new_tokens=8)] * 2)
     assert got["identity"].endswith("|vllm|float32")
     fits, too_long = got["mixed"]
     assert fits == got["chat"][0]
