@@ -87,6 +87,9 @@ def train(config: TrainConfig, console=None, reward_fn=None, callbacks=()) -> di
             extra["reward_model"] = reward_path
         else:
             trainer = trl_algos.BUILDERS[config.algo](config, source, ref.path, tok, out)
+        if config.algo == "dpo" and config.dpo_targets == "soft" and config.loss_type != "sigmoid" and console:
+            console.print(f"note: soft targets (chosen_prob) apply to --loss-type sigmoid; {config.loss_type} "
+                          "trains on the pairs as hard preferences (with --label-smoothing if set)")
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # our progress shows the loss instead of raw dicts
