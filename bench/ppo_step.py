@@ -104,7 +104,7 @@ def run_arm(arm: str, args) -> dict[str, float]:
             clock.seconds = {}
             phase["name"] = "rollout"
             t0 = time.perf_counter()
-            b = ppo.rollout(PROMPTS[: args.rollout])
+            b = ppo.rollout([[{"role": "user", "content": p}] for p in PROMPTS[: args.rollout]])
             t1 = time.perf_counter()
             phase["name"] = "update"
             ppo.update(b)
