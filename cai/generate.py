@@ -42,18 +42,19 @@ def check_inputs(config: PipelineConfig):
         examples = load_prompts(config.prompts, config.limit, config.holdout)
     except InputError as exc:
         problems += exc.problems
-    notes = settle_backends(config, len(examples or ()))
+    notes = settle_backends(config, len(examples or ()), sum(bool(e.get("kept")) for e in examples or ()))
     problems += overlong_prompts(config, examples)  # each prompt must fit the policy model whole
     if problems:
         raise InputError(problems)
     return constitution, examples, notes
 
 
-def settle_backends(config: PipelineConfig, n_prompts: int) -> list[str]:
+def settle_backends(config: PipelineConfig, n_prompts: int, n_kept: int = 0) -> list[str]:
     """Replace `backend: auto` specs by the backend they choose for this job (kept per run folder)."""
-    calls = n_prompts * (1 + 2 * config.rounds)
+    revised = n_prompts - n_kept  # kept prompts are answered once, never critiqued or judged
+    calls = n_kept + revised * (1 + 2 * config.rounds)
     if config.feedback.enabled:  # both orders per principle, at least one pair per prompt
-        calls += 2 * n_prompts * config.feedback.principles
+        calls += 2 * revised * config.feedback.principles
     out, notes = config.resolved_out(), []
     for role, key in (("policy", "model"), ("judge", "judge")):
         spec = getattr(config, role)

@@ -89,9 +89,10 @@ def can_prefill(backend: str) -> bool:
     return backend != "openai"
 
 
-def prefill_for(config) -> bool:
-    """Whether a pipeline's judge is prefilled: asked for (feedback.prefill) and possible on its backend."""
-    return config.feedback.prefill and can_prefill(config.judge_spec().backend)
+def prefill_for(config, spec=None) -> bool:
+    """Whether a pipeline's judge (or the model `spec` judging as it would) is prefilled: asked for
+    (feedback.prefill) and possible on its backend."""
+    return config.feedback.prefill and can_prefill((spec or config.judge_spec()).backend)
 
 
 def soft_label(logprobs: Sequence[float]) -> tuple[float, float] | None:
@@ -134,10 +135,6 @@ class Judge:
         fb = config.feedback
         return cls(constitution, fb.principles, config.seed + seed_offset, fb.cot, fb.cot_clamp,
                    Sampling(**fb.cot_sampling.model_dump()), prefill=prefill_for(config))
-
-    def version(self) -> dict:
-        """What the judge is asked, for the record fingerprint (the constitution's hash covers its texts)."""
-        return {"prompt_version": PROMPT_VERSION, "prefill": self.prefill}
 
     def draw(self, comparison_id: str) -> list[Principle]:
         return rank_principles(self.principles, comparison_id, "judge", self.seed)[: self.k]

@@ -136,10 +136,10 @@ def _convert_gguf(gguf: Path, target: Path, name: str) -> None:
 
     print(f"cai: converting the shipped model {name} to a plain checkpoint in {target} "
           "(once, about 20 s)", file=sys.stderr, flush=True)
-    folder, name = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    folder, file = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=file)
     # A config that still names the GGUF quantization makes save_pretrained refuse.
     if hasattr(config, "quantization_config"):
         del config.quantization_config

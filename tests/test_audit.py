@@ -140,7 +140,8 @@ def test_a_fair_judge_is_consistent_accurate_and_robust(config, tmp_path):
     assert report["position"]["raw"]["consistency"]["value"] == 1
     assert report["position"]["raw"]["primacy_share"]["value"] == pytest.approx(0.5, abs=0.01)
     acc = report["accuracy"]
-    assert set(acc) - {"measured", "measures", "summary"} == {"all", "judge_pairs", "red_team_templates"}
+    assert set(acc) - {"measured", "measures", "summary", "by_kind"} == {"all", "judge_pairs", "red_team_templates"}
+    assert "harm" in acc["by_kind"] and "refusal_vs_compliance" in acc["by_kind"]
     assert result["meta"]["probe_sources"] == {"judge_pairs": 6, "red_team_templates": 6}
     for mode in ("raw", "mitigated"):
         assert acc["all"][mode]["value"] == 1 and acc["all"][mode]["n"] == 12
@@ -222,7 +223,9 @@ def test_user_probes_replace_the_shipped_ones(config, tmp_path):
     result = run_audit(config, tmp_path / "audit", judge_backend=judge, probe_files=[one, two])
     acc, meta = result["report"]["accuracy"], result["meta"]
     assert meta["probes"] == 4 and meta["probe_sources"] == {"user": 4}
-    assert set(acc) - {"measured", "measures", "summary"} == {"all", "user"}
+    assert set(acc) - {"measured", "measures", "summary", "by_kind"} == {"all", "user"}
+    # Per kind: the probe that names one ("facts"); the others are the user kind.
+    assert {k: v["mitigated"]["n"] for k, v in acc["by_kind"].items()} == {"facts": 1, "user": 3}
     # The two pairs sharing the worse answer "Lyon, obviously." are one cluster.
     assert acc["user"]["mitigated"]["value"] == 1 and acc["user"]["mitigated"]["n"] == 4
     assert acc["user"]["mitigated"]["clusters"] == 3

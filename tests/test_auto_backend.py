@@ -71,6 +71,11 @@ def test_planned_calls_count_every_stage_and_the_judge(vllm_here, tmp_path):
         (note,) = settle_backends(config, 10)
         assert config.policy.backend == chosen and "110 model calls planned" in note
         assert config.judge is None  # the judge is the policy: one backend serves both
+    # Kept prompts (mode: keep) are answered once and never judged: 6 revised x 11 + 4 kept = 70.
+    config = load_pipeline(_pipeline(tmp_path, 1, "{model: embedded, options: {vllm_min_calls: 71}}"))
+    config.rounds, config.feedback.enabled, config.feedback.principles = 2, True, 3
+    (note,) = settle_backends(config, 10, n_kept=4)
+    assert config.policy.backend == "transformers" and "70 model calls planned" in note
 
 
 @pytest.mark.slow

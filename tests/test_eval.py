@@ -338,3 +338,17 @@ def test_a_judge_that_is_a_compared_model_is_warned_about(world, tmp_path):
     assert any(line.startswith("warning: the judge is the baseline") for line in result["summary_lines"])
     result, _ = world(judge_model={"backend": "scripted", "model": "trained"})
     assert "trained model itself" in result["warnings"][0] and "--judge-model" in result["warnings"][0]
+
+
+def test_a_constitution_without_comparison_questions_is_bad_input_before_any_answer(tmp_path):
+    from helpers import write_constitution
+
+    from cai.errors import InputError
+    from cai.eval.run import EvalConfig, run_eval
+
+    path = write_constitution(tmp_path / "c.yaml", principles=[
+        {"id": "harm", "critique": "Point out harm.", "revision": "Remove it."}])
+    with pytest.raises(InputError) as err:
+        run_eval(EvalConfig(model="no/such/model", out=str(tmp_path / "out"), constitution=str(path), limit=1))
+    assert "no principle has a comparison question" in str(err.value) and str(path) in str(err.value)
+    assert not (tmp_path / "out").exists()

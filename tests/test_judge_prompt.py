@@ -153,3 +153,38 @@ def test_the_embedded_judge_answers_with_a_letter_when_prefilled(tmp_path):
         mass[prefill] = sum(v.option_mass for v in verdicts) / len(verdicts)
     assert mass[True] > 0.8 > mass[False] + 0.2, mass
     print(json.dumps(mass))
+
+
+def test_a_raw_text_model_is_scored_on_both_spellings_of_each_letter(tiny_model):
+    """After "Assistant:" a reply's first token carries its space: raw-text scores add "A" and " A"."""
+    import math
+
+    from cai.backends import logaddexp
+    from cai.backends.hf import TransformersBackend
+
+    backend = TransformersBackend(tiny_model, batch_size=4)
+    backend.tokenizer.chat_template = None
+    convs = [[{"role": "user", "content": "Which? Options:\n(A) yes\n(B) no"}],
+             [{"role": "user", "content": "Another? Options:\n(A) up\n(B) down"}]]
+    got = backend.choice_logprobs(convs, ["A", "B"])
+    bare, spaced = backend._scores(convs, ["A", "B"]), backend._scores(convs, [" A", " B"])
+    for row, b, s in zip(got, bare, spaced):
+        assert row == pytest.approx([logaddexp(b[0], s[0]), logaddexp(b[1], s[1])])
+        assert all(math.exp(x) > math.exp(y) for x, y in zip(row, b))
+
+
+@pytest.mark.slow
+def test_gemma_asked_plainly_puts_real_mass_on_the_letters():
+    """Gemma 3 270M (no chat template): asked for a fresh reply its letter is " A", not "A"; scored on
+    both spellings the option mass is real, where the bare letters had about 1e-5."""
+    from cai import shipped
+    from cai.audit.probes import load_probes
+    from cai.backends.hf import TransformersBackend
+
+    constitution = load_constitution(shipped.path(shipped.HARMLESS))
+    probes = [p for p in load_probes(None) if p.source == "judge_pairs"][:6]
+    judge = Judge(constitution, principles=1, prefill=False)
+    verdicts = judge.compare([Comparison(p.id, p.prompt, p.better, p.worse) for p in probes],
+                             judge.calls(TransformersBackend("gemma-270m")))
+    mass = sum(v.option_mass for v in verdicts) / len(verdicts)
+    assert mass > 0.01, mass

@@ -31,10 +31,10 @@ from cai.backends import Sampling
 from cai.backends.loading import LazyBackend, close
 from cai.backends.specs import model_spec
 from cai.cache import Cache, CachedBackend
-from cai.config import PipelineConfig, PromptSource
+from cai.config import PipelineConfig
 from cai.constitution import load_constitution
 from cai.errors import InputError, Problem
-from cai.judge import Comparison, Judge, can_prefill
+from cai.judge import Comparison, Judge, prefill_for
 from cai.models import EMBEDDED, SECOND, SHIPPED
 from cai.prompts import load_prompts
 from cai.runfiles import package_versions, write_json, write_text_atomic
@@ -127,7 +127,7 @@ def _self_preference(config: PipelineConfig, judge_backend: CachedBackend, limit
         other_spec = model_spec(backend="transformers", model=other)
         whose = f"{other}'s (the other shipped family)"
     n = min(limit or SELF_PREFERENCE_PROMPTS, SELF_PREFERENCE_PROMPTS)
-    prompts = load_prompts([PromptSource(path=s.path, field=s.field) for s in config.prompts], n,
+    prompts = load_prompts(config.prompts, n,
                            holdout=config.holdout)
     inner = policy_backend or LazyBackend(other_spec)
     policy = CachedBackend(inner, cache, commit_every=CHUNK)
@@ -165,7 +165,7 @@ def _other_model_as_judge(config: PipelineConfig, constitution, sp: _SelfPrefere
     """The same pairs, the same principles and orders, judged by the other model: what the other family says."""
     spec = getattr(sp.policy.backend, "spec", config.policy)
     judge = Judge.for_feedback(config, constitution)
-    judge.prefill = config.feedback.prefill and can_prefill(spec.backend)
+    judge.prefill = prefill_for(config, spec)
     try:
         got = sp.batch.judge(judge, sp.policy, tick).get("self", {})
     except RuntimeError as exc:  # e.g. a server without logprobs: the main figure stands without it

@@ -27,10 +27,14 @@ def _retarget(t: F.Target, a_is_target: bool) -> F.Target:
 def _accuracy(got: dict, probes: list[Probe]) -> dict:
     base = got["base"]
     by_source: dict[str, list[F.Target]] = {}
+    by_kind: dict[str, list[F.Target]] = {}
     for p in probes:
         by_source.setdefault(p.source, []).append(base[p.id])
+        by_kind.setdefault(p.kind or "unlabelled", []).append(base[p.id])
     acc = {"all": F.both_modes(F.share, list(base.values()))}
     acc.update({source: F.both_modes(F.share, targets) for source, targets in by_source.items()})
+    # Per probe kind (harm, honesty, tone, ... or a user probe's `kind`): where the judge is weak.
+    kinds = {kind: F.both_modes(F.share, targets) for kind, targets in sorted(by_kind.items())}
     lo = acc["all"][M]["ci95"][0]
     weak = "" if lo is not None and lo >= WEAK_BELOW else (
         f"; WEAK: the interval reaches below {WEAK_BELOW} (chance is 0.5), see the README on a weak judge")
@@ -39,7 +43,8 @@ def _accuracy(got: dict, probes: list[Probe]) -> dict:
                + (f" (mitigated by source: {parts})" if parts else "") + weak)
     return {"measured": True, "measures": (
         "share of probe pairs with a known better answer where the judge prefers it; ties (|p - 0.5| under "
-        "the tie threshold) are counted apart, not as errors"), **acc, "summary": summary}
+        "the tie threshold) are counted apart, not as errors; by_kind splits it by the probes' kind"),
+        **acc, "by_kind": kinds, "summary": summary}
 
 
 def _length(base: list[F.Target], got: dict) -> dict:

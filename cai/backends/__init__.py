@@ -8,6 +8,7 @@ requests for an API), so the engine never loops over single examples.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -114,6 +115,23 @@ def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
     return list(ids)
+
+
+def logaddexp(a: float, b: float) -> float:
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
+def score_spellings(tokenizer, score, conversations, choices, progress=None) -> list:
+    """`score(conversations, choices, progress)`, made fair for raw text: after "Assistant:" a reply's
+    first token carries its space (" A"; Gemma's "A" alone is almost never written there), so each
+    choice is scored in both spellings and their probabilities added, as the API path does."""
+    if has_template(tokenizer):
+        return score(conversations, choices, progress)
+    rows = score(conversations, [s for c in choices for s in (c, " " + c)], None)
+    if progress:
+        progress(len(conversations) * len(choices))
+    return [r if isinstance(r, CallFailed) else [logaddexp(r[2 * k], r[2 * k + 1]) for k in range(len(choices))]
+            for r in rows]
 
 
 class BackendUnavailable(RuntimeError):

@@ -23,7 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from cai import models
-from cai.backends import CallFailed, Conversation, Progress, Sampling, decode, has_template, prompt_ids, raw_reply
+from cai.backends import (CallFailed, Conversation, Progress, Sampling, decode, has_template, prompt_ids, raw_reply,
+                          score_spellings)
 from cai.backends.context import DEFAULT_MAX_INPUT_TOKENS, model_context, transformers_limit
 from cai.backends.specs import identity
 
@@ -94,9 +95,13 @@ class TransformersBackend:
             out[i] = raw_reply(text) if raw else text.strip()
         return out
 
-    @torch.inference_mode()
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         progress: Progress | None = None) -> list[list[float] | CallFailed]:
+        return score_spellings(self.tokenizer, self._scores, conversations, choices, progress)
+
+    @torch.inference_mode()
+    def _scores(self, conversations: Sequence[Conversation], choices: Sequence[str],
+                progress: Progress | None = None) -> list[list[float] | CallFailed]:
         choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
         prefixes = [self._encode(c) for c in conversations]
         longest = max((len(ids) for ids in choice_ids), default=0)
@@ -105,7 +110,7 @@ class TransformersBackend:
             if progress:
                 progress(len(refused) * len(choices))
             keep = [i for i in range(len(prefixes)) if i not in refused]
-            scored = iter(self.choice_logprobs([conversations[i] for i in keep], choices, progress) if keep else [])
+            scored = iter(self._scores([conversations[i] for i in keep], choices, progress) if keep else [])
             return [refused[i] if i in refused else next(scored) for i in range(len(prefixes))]
         if all(len(ids) == 1 for ids in choice_ids):
             return self._next_token_logprobs(prefixes, [ids[0] for ids in choice_ids], progress)

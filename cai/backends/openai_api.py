@@ -20,7 +20,7 @@ from typing import Sequence
 
 import openai
 
-from cai.backends import CallFailed, Conversation, Progress, Sampling
+from cai.backends import CallFailed, Conversation, Progress, Sampling, logaddexp
 from cai.backends.specs import identity
 
 
@@ -47,10 +47,6 @@ async def _unless(stop: asyncio.Event, call):
         task.cancel()
         raise _Stopped
     return task.result()
-
-
-def _logaddexp(a: float, b: float) -> float:
-    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
 
 
 class OpenAIBackend:
@@ -193,7 +189,7 @@ class OpenAIBackend:
                 top: dict[str, float] = {}  # " A" and "A" are one answer: their probabilities add
                 for t in content[0].top_logprobs:
                     key = t.token.strip()
-                    top[key] = _logaddexp(top[key], t.logprob) if key in top else t.logprob
+                    top[key] = logaddexp(top[key], t.logprob) if key in top else t.logprob
                 floor = min(top.values(), default=0.0) - math.log(2)
                 return [top.get(c.strip(), floor) for c in choices]
             return call

@@ -19,7 +19,8 @@ from typing import Sequence
 from vllm import LLM, SamplingParams
 
 from cai import models
-from cai.backends import CallFailed, Conversation, Progress, Sampling, has_template, prompt_ids, raw_reply
+from cai.backends import (CallFailed, Conversation, Progress, Sampling, has_template, prompt_ids, raw_reply,
+                          score_spellings)
 from cai.backends.specs import identity
 
 
@@ -153,6 +154,10 @@ class VLLMBackend:
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         progress: Progress | None = None) -> list[list[float]]:
+        return score_spellings(self.tokenizer, self._scores, conversations, choices, progress)
+
+    def _scores(self, conversations: Sequence[Conversation], choices: Sequence[str],
+                progress: Progress | None = None) -> list[list[float]]:
         choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
         prompts, spans = [], []
         for conv in conversations:

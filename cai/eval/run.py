@@ -33,7 +33,7 @@ from cai.backends import CallFailed, Sampling
 from cai.backends.loading import LazyBackend, close
 from cai.backends.specs import ModelSpec
 from cai.cache import Cache, CachedBackend
-from cai.errors import InputError
+from cai.errors import InputError, Problem
 from cai.eval import figures
 from cai.eval.figures import summary_lines  # noqa: F401 - the package's API
 from cai.eval.models import check_models, default_baseline, judge_warnings
@@ -127,7 +127,11 @@ def run_eval(cfg: EvalConfig, console=None, progress=None) -> dict:
 
     started = time.time()
     by_kind, prompt_set = select_prompts(cfg)
-    constitution = load_constitution(cfg.constitution or prompt_set.get("constitution") or shipped.path(shipped.HARMLESS))
+    source = cfg.constitution or prompt_set.get("constitution") or shipped.path(shipped.HARMLESS)
+    constitution = load_constitution(source)
+    if not constitution.comparison_principles:  # found now, not after both models answered everything
+        raise InputError([Problem(str(source), None, "principles",
+                                  "no principle has a comparison question; the eval judge needs at least one")])
     baseline_spec = cfg.baseline or default_baseline(cfg.model)
     judge_spec = cfg.judge_model or baseline_spec
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, repetition_penalty=1.1)
