@@ -160,7 +160,10 @@ class Constitution(StrictModel):
 
     @property
     def sha256(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        doc = self.model_dump(mode="json")
+        if not doc["judge_few_shot"]:  # added later: a constitution without them keeps its earlier hash
+            del doc["judge_few_shot"]
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def principle(self, id: str) -> Principle:

@@ -96,8 +96,11 @@ class Engine:
             "sampling": c.sampling.model_dump(),
         }
         if c.feedback.enabled:
-            parts.update(feedback=c.feedback.model_dump(), judge=self.judge.identity,
-                         judge_prompt={"version": PROMPT_VERSION, "prefill": prefill_for(c)})
+            # prefill counts through judge_prompt, so runs made before the setting keep their fingerprint
+            parts.update(feedback=c.feedback.model_dump(exclude={"prefill"}), judge=self.judge.identity)
+            asked = {"version": PROMPT_VERSION, "prefill": prefill_for(c)}
+            if asked != {"version": 1, "prefill": False}:  # the plain form keeps older runs' fingerprints
+                parts["judge_prompt"] = asked
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def _sampling(self, stage: str, example_id: str) -> Sampling:

@@ -33,8 +33,9 @@ COT_FOLLOW_UP = "So, which option is better, (A) or (B)?"
 ANSWER = "The answer is:"
 PREFILL = ANSWER + " ("  # the assistant turn the letter continues
 # Bumped whenever what the judge is asked changes: part of the record fingerprint, so a
-# resumed run never mixes labels from two prompts.
-PROMPT_VERSION = 2
+# resumed run never mixes labels from two prompts. 1 is the paper's plain form, which records
+# made before the version existed were labelled with.
+PROMPT_VERSION = 1
 
 
 @dataclass
