@@ -193,10 +193,11 @@ def test_gemma_asked_plainly_puts_real_mass_on_the_letters():
 def test_judge_examples_change_the_constitution_hash_and_their_absence_keeps_the_old_one(tmp_path):
     import hashlib
 
-    plain = _constitution(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path)
+    plain = _constitution(tmp_path)
     # The hash as it was computed before judge_few_shot existed: the canonical dump without that key.
     doc = plain.model_dump(mode="json")
     del doc["judge_few_shot"]
     before = hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
     assert plain.sha256 == before
-    assert _constitution(tmp_path / "a", FEW_SHOT).sha256 != before
+    (tmp_path / "b").mkdir()
+    assert _constitution(tmp_path / "b", FEW_SHOT).sha256 != before
