@@ -101,7 +101,8 @@ def test_a_wheel_installed_without_e_has_its_defaults(tmp_path, embedded):
     assert where.startswith(str(site)), where
     planned = cai("generate", "--plan")
     assert planned.returncode == 0, planned.stderr[-2000:]
-    assert '"prompts": 8' in planned.stdout and '"model_calls": 40' in planned.stdout
+    # 4 red-team prompts x (respond + 2 rounds x 2) + 4 benign ones kept (answered once) = 24
+    assert '"prompts": 8' in planned.stdout and '"model_calls": 24' in planned.stdout
     assert not (empty / "outputs").exists()  # --plan writes nothing
     audit_help = cai("audit", "--help")
     assert audit_help.returncode == 0 and "probe" in audit_help.stdout
