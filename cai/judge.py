@@ -3,12 +3,11 @@
 As in the Constitutional AI paper, the judge sees the conversation, one
 principle's comparison question and "Options: (A) ... (B) ...", after the
 constitution's labelled comparisons (`judge_few_shot`), if any; the label is the
-judge's probability of each option letter, normalized over the two. Where the
-backend runs the model itself (transformers, vLLM) the reply is prefilled with
-"The answer is: (", so the next token is the letter (with a chat template, or
-as raw Human/Assistant text for a pretrained model without one). An API cannot
-be prefilled: the question then ends with "The answer is:" and the letter is
-read from the reply's first token (" A" and "A" combined). Every comparison is scored in both orders and
+judge's probability of each option letter, normalized over the two. By default the
+question ends with "The answer is:" and the letter is read from the reply's
+first token; with `feedback.prefill` an in-process backend (transformers, vLLM)
+instead continues a reply prefilled with "The answer is: (", so the next token
+is the letter (an API cannot be prefilled). Every comparison is scored in both orders and
 averaged (position bias is large in judges of every size), over `k`
 principles drawn per comparison (the paper's principle ensemble). With
 chain-of-thought the judge reasons first and the probabilities, which then
@@ -69,8 +68,10 @@ def judge_prompt(prompt: str, first: str, second: str, question: str, ending: st
 
 
 def answer_turn(prefill: bool, letter: str = "") -> dict:
-    """The judge's reply: prefilled up to the letter, or (no prefill) the letter alone."""
-    return {"role": "assistant", "content": f"{PREFILL}{letter})" if prefill and letter else PREFILL if prefill else letter}
+    """The judge's reply: prefilled up to the letter (and closed after it when given), or the letter alone."""
+    if not prefill:
+        return {"role": "assistant", "content": letter}
+    return {"role": "assistant", "content": PREFILL + (f"{letter})" if letter else "")}
 
 
 def few_shot_turns(constitution: Constitution, principle: Principle, prefill: bool) -> list[dict]:
@@ -150,12 +151,12 @@ class Judge:
         jobs = [(n, p, a_first) for n, item in enumerate(items) for p in self.draw(item.id)
                 for a_first in (True, False)]
         convs, ids = [], []
+        ending = COT_REQUEST if self.cot else "" if self.prefill else ANSWER
+        shots = {p.id: few_shot_turns(self.constitution, p, self.prefill) for p in self.principles}
         for n, p, a_first in jobs:
             item = items[n]
             first, second = (item.a, item.b) if a_first else (item.b, item.a)
-            ending = COT_REQUEST if self.cot else "" if self.prefill else ANSWER
-            convs.append(few_shot_turns(self.constitution, p, self.prefill)
-                         + [{"role": "user", "content": judge_prompt(item.prompt, first, second, p.comparison, ending)}])
+            convs.append(shots[p.id] + [{"role": "user", "content": judge_prompt(item.prompt, first, second, p.comparison, ending)}])
             ids.append(f"{item.id}\x1f{p.id}\x1f{int(a_first)}")
         failed: dict[int, CallFailed] = {}
         reasoning: dict[int, list[str]] = {}

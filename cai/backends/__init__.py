@@ -95,12 +95,12 @@ def raw_text(conversation: Conversation) -> str:
     return "\n\n".join(turns) + ("" if prefilled(conversation) else "\n\nAssistant:")
 
 
+RAW_TURN = "\nHuman:"
+
+
 def raw_reply(text: str) -> str:
     """A raw completion stops where the model starts writing the human's next turn."""
     return text.split(RAW_TURN, 1)[0].strip()
-
-
-RAW_TURN = "\nHuman:"
 
 
 def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
