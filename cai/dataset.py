@@ -54,13 +54,6 @@ def split_of(example_id: str, test_size: float) -> str:
     return "test" if bucket < test_size else "train"
 
 
-def held_out(example_id: str, holdout: float) -> bool:
-    """Kept out of generation for `cai eval` (the pipeline's `holdout`). Its own hash, so the
-    dataset's test split (split_of) still draws from the prompts that are generated."""
-    bucket = int.from_bytes(hashlib.sha256(f"holdout\x1f{example_id}".encode()).digest()[:4], "big") / 2**32
-    return bucket < holdout
-
-
 def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 

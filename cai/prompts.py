@@ -132,12 +132,18 @@ def _rows(source: PromptSource) -> Iterator[Row]:
     raise InputError([Problem(source.path, None, "", "unknown prompt format (use .jsonl, .json, .csv, .parquet, a dataset folder or hf:NAME)")])
 
 
+def is_held_out(example_id: str, holdout: float) -> bool:
+    """Kept out of generation for `cai eval` (the pipeline's `holdout`). Its own hash, so the
+    dataset's test split (cai.dataset.split_of) still draws from the prompts that are generated."""
+    bucket = int.from_bytes(hashlib.sha256(f"holdout\x1f{example_id}".encode()).digest()[:4], "big") / 2**32
+    return bucket < holdout
+
+
 def load_prompts(sources: list[PromptSource], limit: int | None = None, holdout: float = 0.0,
                  held_out: bool = False) -> list[dict]:
     """Examples {id, prompt, category, source, where}; with `limit`, taken round-robin across sources
     so a small run still sees every set. `holdout` splits off the prompts kept for `cai eval`
-    (dataset.held_out): generation gets the rest, eval (held_out=True) those."""
-    from cai.dataset import held_out as is_held_out
+    (is_held_out): generation gets the rest, eval (held_out=True) those."""
 
     problems: list[Problem] = []
     seen: dict[str, tuple[str, int, str]] = {}  # id -> (path, line or row, file name) of its first use

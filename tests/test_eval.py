@@ -97,7 +97,7 @@ def test_default_prompts_are_the_default_pipelines_held_out_prompts(tmp_path, mo
     """Eval answers exactly the prompts the shipped pipeline's `holdout` keeps out of generation."""
     from cai import shipped
     from cai.config import load_pipeline
-    from cai.dataset import held_out
+    from cai.prompts import is_held_out
     from cai.eval.run import EvalConfig, load_eval_prompts
     from cai.prompts import load_prompts
 
@@ -110,7 +110,7 @@ def test_default_prompts_are_the_default_pipelines_held_out_prompts(tmp_path, mo
     files = {"red_team": shipped.RED_TEAM, "benign": shipped.BENIGN}
     expected = {k: {json.loads(line)["id"] for line in shipped.path(f).read_text().splitlines()}
                 for k, f in files.items()}
-    expected = {k: {i for i in v if held_out(i, pipeline.holdout)} for k, v in expected.items()}
+    expected = {k: {i for i in v if is_held_out(i, pipeline.holdout)} for k, v in expected.items()}
     assert ids == expected
     assert len(ids["red_team"]) >= 60 and len(ids["benign"]) >= 60
     generated = {e["id"] for e in load_prompts(pipeline.prompts, holdout=pipeline.holdout, held_out=False)}
@@ -121,7 +121,7 @@ def test_default_prompts_are_the_default_pipelines_held_out_prompts(tmp_path, mo
 
 def test_pipeline_flag_picks_that_pipelines_sources_and_holdout(tmp_path):
     from cai.config import load_pipeline
-    from cai.dataset import held_out
+    from cai.prompts import is_held_out
     from cai.errors import InputError
     from cai.eval.run import EvalConfig, load_eval_prompts
     from cai.prompts import load_prompts
@@ -130,7 +130,7 @@ def test_pipeline_flag_picks_that_pipelines_sources_and_holdout(tmp_path):
     path = write_pipeline(tmp_path / "p", n_prompts=40, holdout=0.5)
     by_kind = load_eval_prompts(EvalConfig(model="x", out="y", pipeline=str(path)))
     ids = {e["id"] for v in by_kind.values() for e in v}
-    assert ids == {f"p-{i:05d}" for i in range(40) if held_out(f"p-{i:05d}", 0.5)} and len(ids) > 10
+    assert ids == {f"p-{i:05d}" for i in range(40) if is_held_out(f"p-{i:05d}", 0.5)} and len(ids) > 10
     config = load_pipeline(path)
     assert not ids & {e["id"] for e in load_prompts(config.prompts, holdout=config.holdout)}
     with pytest.raises(InputError, match="holdout"):

@@ -12,7 +12,7 @@ from helpers import FakeJudge, records_by_id, write_pipeline, write_prompts
 from cai import shipped
 from cai.backends.scripted import ScriptedBackend
 from cai.config import PromptSource, load_pipeline
-from cai.dataset import held_out
+from cai.prompts import is_held_out
 from cai.generate import generate
 from cai.prompts import load_prompts
 
@@ -105,4 +105,4 @@ def test_held_out_prompts_never_reach_generation_and_the_split_is_not_the_test_s
     run = json.loads((tmp_path / "run" / "out" / "run.json").read_text())
     assert set(records_by_id(tmp_path / "run" / "out")) == generated
     assert run["counts"]["records"] == len(generated)
-    assert all(held_out(i, 0.3) for i in kept_back)
+    assert all(is_held_out(i, 0.3) for i in kept_back)

@@ -76,11 +76,11 @@ def test_cai_generate_end_to_end(tmp_path):
     records = {json.loads(line)["id"][:3]: json.loads(line) for f in sorted((out / "records").glob("shard-*"))
                for line in open(f)}
     from cai.constitution import load_constitution
-    from cai.dataset import held_out
+    from cai.prompts import is_held_out
 
     ids = {p.id for p in load_constitution(ROOT / "constitution" / "harmless.yaml").principles}
     # --limit 2 takes one prompt from each shipped set, none of those held out for `cai eval`.
-    assert sorted(records) == ["bn-", "rt-"] and not any(held_out(r["id"], 0.3) for r in records.values())
+    assert sorted(records) == ["bn-", "rt-"] and not any(is_held_out(r["id"], 0.3) for r in records.values())
     red, benign = records["rt-"], records["bn-"]
     for rec in records.values():
         assert rec["category"] and rec["initial"].strip()
