@@ -78,10 +78,27 @@ def both_modes(fn, *args) -> dict:
     return {mode: fn(*args, mode) for mode in MODES}
 
 
+def _agreement(t: Target, first: float | None, second: float | None) -> bool | str | None:
+    """Whether a comparison's two orders pick the same answer; "tie" when either is a tie; None when
+    an order has no usable label."""
+    if first is None or second is None:
+        return None
+    if t.is_tie(first) or t.is_tie(second):
+        return "tie"
+    return (first > 0.5) == (second > 0.5)
+
+
+def _agreement_share(outcomes: list[tuple[bool | str | None, str]], agree: bool = True) -> dict:
+    """Share of decided comparisons whose orders agree (or, agree=False, flip), by cluster; ties apart."""
+    decided = [(o, c) for o, c in outcomes if isinstance(o, bool)]
+    return cluster_proportion([o == agree for o, _ in decided], [c for _, c in decided],
+                              sum(o == "tie" for o, _ in outcomes))
+
+
 def position(targets: list[Target]) -> dict:
     """Raw: per (comparison, principle), do the two orders pick the same answer, and how often is the
     first-shown one picked? Mitigated: the same after the principle ensemble, per order."""
-    pairs, singles, pair_ties, single_ties = [], [], 0, 0
+    pairs, singles, single_ties = [], [], 0
     for t in targets:
         if t.verdict is None:
             continue
@@ -92,29 +109,14 @@ def position(targets: list[Target]) -> dict:
                     single_ties += 1
                 elif p is not None:
                     singles.append(((p > 0.5) == shown_first, t.cluster))
-            if first is None or second is None:
-                continue
-            if t.is_tie(first) or t.is_tie(second):
-                pair_ties += 1
-            else:
-                pairs.append(((first > 0.5) == (second > 0.5), t.cluster))
-    ens, ens_ties = [], 0
-    for t in targets:
-        first, second = (t.p_order(True), t.p_order(False)) if t.verdict else (None, None)
-        if first is None or second is None:
-            continue
-        if t.is_tie(first) or t.is_tie(second):
-            ens_ties += 1
-        else:
-            ens.append(((first > 0.5) == (second > 0.5), t.cluster))
-    clusters = [c for _, c in pairs]
+            pairs.append((_agreement(t, first, second), t.cluster))
+    ens = [(_agreement(t, t.p_order(True), t.p_order(False)), t.cluster) for t in targets if t.verdict]
     return {
-        "raw": {"consistency": cluster_proportion([s for s, _ in pairs], clusters, pair_ties),
+        "raw": {"consistency": _agreement_share(pairs),
                 "primacy_share": cluster_proportion([f for f, _ in singles], [c for _, c in singles], single_ties),
-                "flip_rate": cluster_proportion([not s for s, _ in pairs], clusters, pair_ties)},
+                "flip_rate": _agreement_share(pairs, agree=False)},
         # Averaging the two orders then makes the label order-invariant by construction: the point of swap-and-average.
-        "mitigated": {"consistency": cluster_proportion([s for s, _ in ens], [c for _, c in ens], ens_ties),
-                      "swap_averaged_order_invariant": True},
+        "mitigated": {"consistency": _agreement_share(ens), "swap_averaged_order_invariant": True},
     }
 
 
