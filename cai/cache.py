@@ -47,6 +47,7 @@ class Cache:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._opened = False  # opened on first use: a finished run never touches (or needs) the file
+        self.preloaded: dict[str, object] = {}  # entries handed over with a block (Ray workers), read first
 
     def _conn(self) -> sqlite3.Connection | None:
         if not self._opened:
@@ -88,10 +89,11 @@ class Cache:
         return db
 
     def get_many(self, keys: Iterable[str]) -> dict[str, object]:
-        if not self._conn():
-            return {}
         keys = list(dict.fromkeys(keys))
-        found: dict[str, object] = {}
+        found = {k: self.preloaded[k] for k in keys if k in self.preloaded}
+        keys = [k for k in keys if k not in found]
+        if not keys or not self._conn():
+            return found
         try:
             for i in range(0, len(keys), _BATCH):
                 part = keys[i:i + _BATCH]
@@ -120,6 +122,17 @@ class Cache:
         )
         self._db.execute("COMMIT")
 
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Drop entries (a Ray worker's spool, once the driver's cache holds them)."""
+        keys = list(keys)
+        if self.readonly or not keys or not self._conn():
+            return
+        self._db.execute("BEGIN")
+        for i in range(0, len(keys), _BATCH):
+            part = keys[i:i + _BATCH]
+            self._db.execute(f"DELETE FROM calls WHERE key IN ({','.join('?' * len(part))})", part)
+        self._db.execute("COMMIT")
+
     def close(self) -> None:
         if self._db:
             self._db.close()
@@ -131,16 +144,23 @@ class CachedBackend:
 
     Answers come from the cache when their key is there; the rest go to the
     backend as one batch (or in slices of `commit_every`, each committed as it
-    finishes, so an interrupt loses at most one slice). Failures are returned
-    but never cached, so the next run retries them. `calls` and `hits` count
-    what was computed and what was found; progress counts hits up front.
+    finishes, so an interrupt loses at most one slice). A backend that
+    `streams_results` (an API client) has each answer committed as it lands, so
+    a kill loses only requests still in flight. Failures are returned but never
+    cached, so the next run retries them. `calls` and `hits` count what was
+    computed and what was found; progress counts hits up front. `hit_log` and
+    `new_log`, when set to dicts, collect found and computed entries (key ->
+    value): what a Ray block carries out and brings back (cai/ray_engine.py).
     """
 
     def __init__(self, backend, cache: Cache, commit_every: int | None = None):
         self.backend, self.cache, self.commit_every = backend, cache, commit_every
         self.identity = backend.identity
         self.supports_logprobs = getattr(backend, "supports_logprobs", True)
+        self.streams = getattr(backend, "streams_results", False)
         self.calls = self.hits = self.failed = 0
+        self.hit_log: dict | None = None
+        self.new_log: dict | None = None
 
     def _through(self, keys: list[str], width: int, compute, progress) -> list:
         from cai.backends import CallFailed
@@ -148,28 +168,44 @@ class CachedBackend:
         found = self.cache.get_many(keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
         self.hits += len(keys) - len(missing)
+        if self.hit_log is not None:
+            self.hit_log.update(found)
         if progress and len(keys) > len(missing):
             progress((len(keys) - len(missing)) * width)
         step = self.commit_every or max(len(missing), 1)
         for start in range(0, len(missing), step):
             part = missing[start:start + step]
-            new = {keys[i]: out for i, out in zip(part, compute(part, progress))}
+            stored: set[str] = set()
+
+            def landed(j: int, value, part=part, stored=stored) -> None:
+                if not isinstance(value, CallFailed):
+                    self.cache.put_many([(keys[part[j]], self.identity, value)])
+                    stored.add(keys[part[j]])
+
+            new = {keys[i]: out for i, out in zip(part, compute(part, progress, landed if self.streams else None))}
             self.calls += len(part)
-            failed = sum(isinstance(v, CallFailed) for v in new.values())
-            self.failed += failed
-            self.cache.put_many((k, self.identity, v) for k, v in new.items() if not isinstance(v, CallFailed))
+            self.failed += sum(isinstance(v, CallFailed) for v in new.values())
+            kept = {k: v for k, v in new.items() if not isinstance(v, CallFailed)}
+            self.cache.put_many((k, self.identity, v) for k, v in kept.items() if k not in stored)
+            if self.new_log is not None:
+                self.new_log.update(kept)
             found.update(new)
         return [found[k] for k in keys]
 
+    @staticmethod
+    def _streamed(on_result) -> dict:
+        return {"on_result": on_result} if on_result else {}
+
     def chat(self, conversations, sampling, progress=None) -> list:
         keys = [call_key(self.identity, "chat", c, s.key()) for c, s in zip(conversations, sampling)]
-        return self._through(keys, 1, lambda part, prog: self.backend.chat(
-            [conversations[i] for i in part], [sampling[i] for i in part], progress=prog), progress)
+        return self._through(keys, 1, lambda part, prog, landed: self.backend.chat(
+            [conversations[i] for i in part], [sampling[i] for i in part], progress=prog,
+            **self._streamed(landed)), progress)
 
     def choice_logprobs(self, conversations, choices, progress=None) -> list:
         keys = [call_key(self.identity, "choices", c, {"choices": list(choices)}) for c in conversations]
-        return self._through(keys, len(choices), lambda part, prog: self.backend.choice_logprobs(
-            [conversations[i] for i in part], choices, progress=prog), progress)
+        return self._through(keys, len(choices), lambda part, prog, landed: self.backend.choice_logprobs(
+            [conversations[i] for i in part], choices, progress=prog, **self._streamed(landed)), progress)
 
     @property
     def stats(self) -> dict:

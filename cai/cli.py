@@ -107,6 +107,9 @@ def generate(
     judge_backend: Optional[str] = typer.Option(None, help="judge.backend (default: the policy's; the judge's unset fields follow the policy's)."),
     judge_base_url: Optional[str] = typer.Option(None, help="judge.options.base_url (openai judge backend): the server's base URL."),
     plan: bool = typer.Option(False, "--plan", help="Print which records and model calls the run would recompute (e.g. after a constitution edit), as JSON on stdout; load no model, write nothing."),
+    engine: Optional[str] = typer.Option(None, help="local (default: this process) or ray: the same stages on a Ray cluster's workers, one per node unless --ray-workers; records, cache and resume as local (README: Scale out; needs cai-engine[ray])."),
+    ray_address: Optional[str] = typer.Option(None, help="ray.address: auto (the running cluster: RAY_ADDRESS or `ray start` on this machine), local (a private one-machine cluster), HOST:PORT or ray://HOST:PORT."),
+    ray_workers: Optional[int] = typer.Option(None, help="ray.workers: worker actors, each with its own backends (default: one per node; vLLM on GPUs: one per TP x DP GPUs)."),
 ):
     """Respond, critique and revise each prompt against sampled principles (SL-CAI); write records and a TRL-ready dataset."""
     from cai.config import load_pipeline
@@ -119,6 +122,7 @@ def generate(
             model=model, backend=backend, base_url=base_url, limit=limit, rounds=rounds, batch_size=batch_size, threads=threads,
             seed=seed, out=str(out) if out else None, cache=False if no_cache else None,
             feedback=feedback, judge_model=judge_model, judge_backend=judge_backend, judge_base_url=judge_base_url,
+            engine=engine, ray_address=ray_address, ray_workers=ray_workers,
         )
         if plan:
             from cai import plan as planning

@@ -79,6 +79,21 @@ class PromptSource(_Strict):
     mode: Literal["revise", "keep"] = "revise"
 
 
+class RayConfig(_Strict):
+    """`engine: ray` (cai/ray_engine.py): where the cluster is and how work is placed on it."""
+
+    # auto: the running cluster (RAY_ADDRESS, else the one `ray start` made on this machine);
+    # local: start a private one-machine cluster; HOST:PORT or ray://HOST:PORT: that cluster.
+    address: str = Field("auto", pattern=r"^(auto|local|ray://[^\s/]+|[^\s/:]+:\d+)$")
+    # Actors, each holding its own backends. Unset: one per node; with vLLM on GPUs, one per
+    # tensor_parallel_size x data_parallel_size GPUs.
+    workers: int | None = Field(None, gt=0, le=4096)
+    cpus_per_worker: float = Field(1.0, gt=0)  # fractional is fine for API clients
+    gpus_per_worker: float | None = Field(None, ge=0)  # unset: vLLM's TP x DP when the cluster has GPUs, else 0
+    block_size: int | None = Field(None, gt=0)  # examples per task; unset: chunk_size, smaller to keep workers busy
+    start_timeout: float = Field(300.0, gt=0)  # seconds for workers to be placed and start
+
+
 def _moved(cls, value, info):
     raise ValueError(f"moved: write it as {MOVED[info.field_name]}")
 
@@ -99,6 +114,8 @@ class PipelineConfig(_WithMovedKeys):
     policy: ModelSpec = model_spec()  # answers, critiques and revises
     judge: ModelSpec | None = None  # AI feedback and `cai audit`; None: the policy model judges
     chunk_size: int = Field(256, gt=0)  # examples per stage batch and per record shard
+    engine: Literal["local", "ray"] = "local"  # ray: the same stages on a Ray cluster's actors
+    ray: RayConfig = RayConfig()
     rounds: int = Field(2, ge=1, le=8)
     few_shot: int | None = Field(None, ge=0)  # few-shot examples shown; null = all
     system_prompt: str | None = None
@@ -178,7 +195,7 @@ def _flag_problem(problem, config: dict):
                 message = f"the {backend} backend has no such option"
             return replace(problem, field="--" + flag.replace("_", "-"), message=message)
     head = problem.field.split(".")[0]
-    flag = {"policy": "backend", "judge": "judge_backend"}.get(head, head)
+    flag = {"policy": "backend", "judge": "judge_backend", "ray": problem.field.replace(".", "_")}.get(head, head)
     return replace(problem, field="--" + flag.replace("_", "-"))
 
 
@@ -216,6 +233,9 @@ def load_pipeline(path: str | Path | None = None, **overrides) -> PipelineConfig
                            for p in changes.pop("prompts")]
     if "constitution" in changes:
         data["constitution"] = str(Path(changes.pop("constitution")).resolve())
+    for flag in ("ray_address", "ray_workers"):  # --ray-address, --ray-workers set ray.address, ray.workers
+        if flag in changes:
+            data["ray"] = {**(data.get("ray") or {}), flag.removeprefix("ray_"): changes.pop(flag)}
     if "feedback" in changes:  # --feedback/--no-feedback
         data["feedback"] = {**(data.get("feedback") or {}), "enabled": changes.pop("feedback")}
     for flag, (role, field) in SPEC_FLAGS.items():

@@ -134,29 +134,44 @@ class Engine:
         self.stats.resumed = len(examples) - len(todo)
         return todo
 
-    def run(self, examples: list[dict]) -> Stats:
-        self.store.sweep()
-        todo = self.pending(examples)
+    def add_bars(self, todo: list[dict]) -> None:
         if self.progress:
             for stage in self.step_names():
                 self.progress.add(stage, 0 if stage in self.open_ended else len(todo))
+
+    def keep(self, records: list[dict]) -> None:
+        """Store a finished chunk's records as one shard; failed ones stay pending for the next run."""
+        done = [rec for rec in records if "failed" not in rec]
+        for rec in records:
+            rec["created"] = time.time()
+            if "failed" in rec:
+                self.stats.failed += 1
+                if len(self.stats.errors) < 5:
+                    self.stats.errors.append({"id": rec["id"], **rec["failed"]})
+        self.store.append(done)
+        self.stats.generated += len(done)
+
+    def run(self, examples: list[dict]) -> Stats:
+        self.store.sweep()
+        todo = self.pending(examples)
+        self.add_bars(todo)
         size = self.config.chunk_size
         try:
             for start in range(0, len(todo), size):
-                records = self.process(todo[start:start + size])
-                done = [rec for rec in records if "failed" not in rec]
-                for rec in records:
-                    rec["created"] = time.time()
-                    if "failed" in rec:
-                        self.stats.failed += 1
-                        if len(self.stats.errors) < 5:
-                            self.stats.errors.append({"id": rec["id"], **rec["failed"]})
-                self.store.append(done)
-                self.stats.generated += len(done)
+                self.keep(self.process(todo[start:start + size]))
         finally:
             self.collect_stats()
             self.cache.close()
         return self.stats
+
+    @property
+    def load_seconds(self) -> float:
+        return self.calls.load_seconds
+
+    def backend_stats(self, role: str) -> dict:
+        """The policy's or judge's backend counters (requests, retries, ...) for run.json."""
+        backend = self.policy if role == "policy" else self.judge
+        return dict(getattr(backend, "stats", {}) or {})
 
     def process(self, chunk: list[dict]) -> list[dict]:
         """One chunk through every stage; records come back filled (or marked failed), not stored."""

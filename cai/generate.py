@@ -6,6 +6,7 @@ directory is touched, so a bad input leaves nothing behind.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 from cai import __version__, dataset
@@ -44,6 +45,8 @@ def check_inputs(config: PipelineConfig):
         problems += exc.problems
     notes = settle_backends(config, len(examples or ()), sum(bool(e.get("kept")) for e in examples or ()))
     problems += overlong_prompts(config, examples)  # each prompt must fit the policy model whole
+    if config.engine == "ray" and importlib.util.find_spec("ray") is None:
+        problems.append(Problem("engine", None, "", "engine ray needs Ray: pip install 'cai-engine[ray]'"))
     if problems:
         raise InputError(problems)
     return constitution, examples, notes
@@ -93,6 +96,14 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
         close(*owned)
 
 
+def make_engine(config: PipelineConfig, constitution, backend, out, progress, judge):
+    if config.engine == "ray":
+        from cai.ray_engine import RayEngine
+
+        return RayEngine(config, constitution, backend, out, progress, judge=judge)
+    return Engine(config, constitution, backend, out, progress, judge=judge)
+
+
 def _judge_info(config: PipelineConfig, backend, judge) -> tuple[dict | None, list[str]]:
     if not config.feedback.enabled:
         return None, []
@@ -108,7 +119,7 @@ def _judge_info(config: PipelineConfig, backend, judge) -> tuple[dict | None, li
 def _run(config, pipeline_path, backend, constitution, examples, progress, started, judge=None,
          notes=()) -> dict:
     out = config.resolved_out()
-    engine = Engine(config, constitution, backend, out, progress, judge=judge)
+    engine = make_engine(config, constitution, backend, out, progress, judge)
     judge_info, warnings = _judge_info(config, backend, judge)
     warnings += _unsent_penalty(config)
     summary = {
@@ -129,7 +140,7 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
     except BaseException as exc:
         summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                        error=f"{type(exc).__name__}: {exc}", counts=_counts(engine.stats, len(examples)),
-                       backend_stats=dict(getattr(backend, "stats", {}) or {}))
+                       backend_stats=engine.backend_stats("policy"))
         try:
             write_json(out / "run.json", summary)
         except OSError:  # e.g. the disk that failed the run is still full: the first error is the one to report
@@ -144,14 +155,15 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
     summary.update(
         status="incomplete" if stats.failed else "complete", finished=time.time(),
         counts={**_counts(stats, len(examples)), **built},
-        backend_stats=dict(getattr(backend, "stats", {}) or {}),
-        judge_backend_stats=dict(getattr(judge, "stats", {}) or {}) if judge is not None else None,
+        backend_stats=engine.backend_stats("policy"),
+        judge_backend_stats=engine.backend_stats("judge") if judge is not None else None,
         timings={"total_seconds": round(time.time() - started, 3),
                  # Models load lazily, on the first call that misses the cache (0 when none did).
-                 "load_seconds": round(engine.calls.load_seconds, 3),
+                 "load_seconds": round(engine.load_seconds, 3),
                  "stages": {k: round(v, 3) for k, v in stats.stage_seconds.items()}},
         # Paths inside the run folder are written relative to it.
         dataset_path="dataset", sft_path="sft", quarantined=quarantined,
+        engine=getattr(engine, "info", {"kind": "local"}),
     )
     summary["counts"]["quarantined"] = sum(map(len, quarantined.values()))
     write_json(out / "run.json", summary)

@@ -109,13 +109,17 @@ class LazyBackend:
     def stats(self) -> dict:
         return dict(getattr(self._backend, "stats", {}) or {})
 
+    @property
+    def streams_results(self) -> bool:
+        return self.spec.backend not in WEIGHTS and getattr(self.backend, "streams_results", False)
+
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
-             progress: Progress | None = None) -> list:
-        return self.backend.chat(conversations, sampling, progress=progress)
+             progress: Progress | None = None, **streamed) -> list:
+        return self.backend.chat(conversations, sampling, progress=progress, **streamed)
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
-                        progress: Progress | None = None) -> list:
-        return self.backend.choice_logprobs(conversations, choices, progress=progress)
+                        progress: Progress | None = None, **streamed) -> list:
+        return self.backend.choice_logprobs(conversations, choices, progress=progress, **streamed)
 
     def close(self) -> None:
         if self._backend is not None:

@@ -51,6 +51,7 @@ async def _unless(stop: asyncio.Event, call):
 
 class OpenAIBackend:
     supports_logprobs = True  # via top_logprobs; a server without them fails the call clearly
+    streams_results = True  # each answer goes to `on_result` as it lands (the cache commits it at once)
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 16, timeout: float = 60.0, max_retries: int = 2,
@@ -94,7 +95,7 @@ class OpenAIBackend:
         if served and self.model not in served:
             raise UnknownModel(f"the server does not serve {self.model!r} (it serves: {', '.join(served[:10])})")
 
-    def _run(self, jobs, progress: Progress | None, unit: int = 1):
+    def _run(self, jobs, progress: Progress | None, unit: int = 1, on_result=None):
         async def main():
             # One client per event loop: httpx connections cannot cross loops.
             async def count_attempt(request):
@@ -105,7 +106,7 @@ class OpenAIBackend:
                 gate = asyncio.Semaphore(self.concurrency)
                 silent, stop = [0], asyncio.Event()  # requests in a row that got no answer, after retries
 
-                async def one(job):
+                async def one(index, job):
                     async with gate:
                         try:
                             if stop.is_set():
@@ -125,12 +126,14 @@ class OpenAIBackend:
                                 self.stats["failed"] += 1
                                 return CallFailed(self._failure(exc))
                             silent[0] = 0
+                            if on_result:
+                                on_result(index, answer)
                             return answer
                         finally:
                             if progress:
                                 progress(unit)
 
-                return await asyncio.gather(*(one(j) for j in jobs))
+                return await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
 
         try:
             return asyncio.run(main())
@@ -149,7 +152,7 @@ class OpenAIBackend:
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
-             progress: Progress | None = None) -> list[str | CallFailed]:
+             progress: Progress | None = None, on_result=None) -> list[str | CallFailed]:
         def job(conv, s: Sampling):
             async def call(client):
                 extra = {"seed": s.seed} if not s.greedy and s.seed is not None else {}
@@ -166,10 +169,10 @@ class OpenAIBackend:
                 return content.strip()
             return call
 
-        return self._run([job(c, s) for c, s in zip(conversations, sampling)], progress)
+        return self._run([job(c, s) for c, s in zip(conversations, sampling)], progress, on_result=on_result)
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
-                        progress: Progress | None = None) -> list[list[float] | CallFailed]:
+                        progress: Progress | None = None, on_result=None) -> list[list[float] | CallFailed]:
         """Log-probability of each choice's first token as the reply's first token.
 
         Chat APIs cannot score a given continuation, only report the top
@@ -194,4 +197,4 @@ class OpenAIBackend:
                 return [top.get(c.strip(), floor) for c in choices]
             return call
 
-        return self._run([job(c) for c in conversations], progress, unit=len(choices))
+        return self._run([job(c) for c in conversations], progress, unit=len(choices), on_result=on_result)
