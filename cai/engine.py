@@ -77,11 +77,15 @@ class Engine:
         self.judge = CachedBackend(judge, self.cache) if judge is not None else self.policy
         self.progress = progress
         self.stages = stages if stages is not None else build_stages(config, constitution)
-        self.calls = BackendCalls(self.policy, self.judge, self._sampling, self._progress_for)
+        self.reset_counts()
         # Judge steps whose size is known only chunk by chunk (their bars grow as they go).
         self.open_ended = {st for st in self.step_names() if st.startswith("judge")}
         self.stats = Stats()
         self.fingerprint = self._fingerprint()
+
+    def reset_counts(self) -> None:
+        """Fresh per-step call counters (a Ray worker reports them block by block)."""
+        self.calls = BackendCalls(self.policy, self.judge, self._sampling, self._progress_for)
 
     def step_names(self) -> list[str]:
         return [name for stage in self.stages for name in stage.stages()]

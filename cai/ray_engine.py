@@ -32,7 +32,6 @@ from cai.backends import CallFailed
 from cai.backends.loading import LazyBackend, close
 from cai.engine import Engine, Stats
 from cai.errors import InputError, Problem
-from cai.stage import BackendCalls
 
 
 class _Replay:
@@ -102,7 +101,7 @@ class Worker:
         while len(self.returned) > 1:
             e.cache.delete_many(self.returned.popleft())
         e.cache.preloaded = hints
-        e.calls = BackendCalls(e.policy, e.judge, e._sampling, e._progress_for)  # counts for this block only
+        e.reset_counts()  # this block's counts only
         e.progress = _Tally()
         failed = sum(b.failed for b in self.backends)
         started = time.perf_counter()

@@ -37,18 +37,26 @@ def worker_dir(key: str, index: int) -> Path:
     return root() / key / f"worker-{index:04d}"
 
 
+def _select(db: Path, columns: str) -> list[tuple]:
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        return conn.execute(f"SELECT {columns} FROM calls").fetchall()
+    except sqlite3.DatabaseError:  # a spool whose worker died before its first commit
+        return []
+    finally:
+        conn.close()
+
+
 def read(key: str) -> list[tuple[str, str, object]]:
     """Every call in this node's spools of the run, as (key, model, value) rows for Cache.put_many."""
-    rows = []
-    for db in sorted((root() / key).glob("worker-*/cache.sqlite")):
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
-        try:
-            rows += [(k, m, json.loads(v)) for k, m, v in conn.execute("SELECT key, model, value FROM calls")]
-        except sqlite3.DatabaseError:  # a spool whose worker died before its first commit
-            pass
-        finally:
-            conn.close()
-    return rows
+    return [(k, m, json.loads(v)) for db in sorted((root() / key).glob("worker-*/cache.sqlite"))
+            for k, m, v in _select(db, "key, model, value")]
+
+
+def stored(out: str | Path) -> set[str]:
+    """Keys of every call a run folder's cache and this machine's spools of it hold (tests, bench)."""
+    dbs = [Path(out) / "cache.sqlite", *(root() / run_key(out)).glob("worker-*/cache.sqlite")]
+    return {k for db in dbs if db.exists() for (k,) in _select(db, "key")}
 
 
 def clear(key: str) -> None:

@@ -139,6 +139,31 @@ class FakeJudge(ScriptedBackend):
         return out
 
 
+class SeededEcho(ScriptedBackend):
+    """Echo that also says the sampling seed and temperature each call got (seeds must travel)."""
+
+    def chat(self, conversations, sampling, progress=None):
+        out = super().chat(conversations, sampling, progress)
+        return [f"{o} [seed {s.seed if not s.greedy else '-'} t {s.temperature}]" for o, s in zip(out, sampling)]
+
+
+class CrashOnce(ScriptedBackend):
+    """Echo whose process dies (os._exit) at its `at`-th chat call, once per marker file: a worker crash."""
+
+    def __init__(self, marker: str, at: int = 3):
+        super().__init__("echo")
+        self.marker, self.at, self.seen = marker, at, 0
+
+    def chat(self, conversations, sampling, progress=None):
+        import os
+
+        self.seen += 1
+        if self.seen == self.at and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return super().chat(conversations, sampling, progress)
+
+
 def judged(backend, constitution, items, **judge_options) -> list:
     """Verdicts of a Judge (principles, cot, ...) asking `backend` directly, no cache."""
     from cai.judge import Judge
@@ -166,12 +191,14 @@ class Stub:
     return (status, headers) or (status, headers, message) to answer with an error; `logprobs` may be
     a list of (token, logprob) for the top log-probabilities."""
 
-    def __init__(self, fail=None, model="stub-model", logprobs=True):
+    def __init__(self, fail=None, model="stub-model", logprobs=True, latency=0.01):
         self.fail = fail or (lambda body, attempt: None)
         self.model = model
         self.logprobs = logprobs
+        self.latency = latency  # seconds before each answer
         self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
+        self.bodies: list[str] = []  # every request's messages and settings, in arrival order
         self.in_flight = self.max_in_flight = self.requests = 0
         self.bad_auth = 0
         stub = self
@@ -193,11 +220,12 @@ class Stub:
                 last = body["messages"][-1]["content"]
                 with stub.lock:
                     stub.requests += 1
+                    stub.bodies.append(json.dumps(body, sort_keys=True))
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
                     attempt = stub.attempts[last] = stub.attempts.get(last, 0) + 1
                 try:
-                    threading.Event().wait(0.01)
+                    threading.Event().wait(stub.latency)
                     failure = stub.fail(body, attempt)
                     if failure:
                         status, headers, *message = failure

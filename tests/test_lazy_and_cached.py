@@ -155,3 +155,32 @@ def test_a_stage_steps_calls_are_collected_as_one_batch_before_any_is_answered(t
     assert asked == [("respond", ["c0", "c1", "c2", "c3"])]
     assert [c[-1]["content"] for c in calls.steps[0][2]] == [r["prompt"] for r in records]
     assert all(r["failed"] == {"stage": "respond", "error": "pending: in a batch"} for r in records)
+
+
+def test_an_api_answer_is_in_the_cache_as_soon_as_it_lands(tmp_path):
+    """A backend that streams results (the openai one) has each committed before its batch ends:
+    a kill mid-batch loses only the requests still in flight."""
+    from cai.backends import Sampling
+    from cai.cache import Cache, CachedBackend
+
+    class Streaming:
+        identity, supports_logprobs, streams_results = "api:s", True, True
+
+        def chat(self, conversations, sampling, progress=None, on_result=None):
+            on_result(1, "second")  # the second request answers first
+            raise KeyboardInterrupt  # the process is stopped before the first one answers
+
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+    cached = CachedBackend(Streaming(), Cache(tmp_path / "c.sqlite"))
+    with pytest.raises(KeyboardInterrupt):
+        cached.chat(convs, [Sampling()] * 3)
+    cached.cache.close()
+
+    class Never(ScriptedBackend):
+        def chat(self, conversations, sampling, progress=None):
+            return [f"fresh {c[-1]['content']}" for c in conversations]
+
+    again = CachedBackend(Never("x"), Cache(tmp_path / "c.sqlite"))
+    again.identity = "api:s"
+    assert again.chat(convs, [Sampling()] * 3) == ["fresh q0", "second", "fresh q2"]
+    assert (again.hits, again.calls) == (1, 2)
