@@ -38,6 +38,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 from _machine import ForeignLoad  # noqa: E402
 from helpers import KEY, Stub, write_pipeline  # noqa: E402
 
+STORE = 200 * 2**20  # Ray's default object store is 30 % of RAM per node: far more than blocks need
 KEY_ENV = "CAI_BENCH_KEY"
 
 
@@ -55,9 +56,9 @@ def _cluster(nodes: int):
     from ray.cluster_utils import Cluster
 
     started = time.perf_counter()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": STORE})
     for _ in range(nodes - 1):
-        c.add_node(num_cpus=1)
+        c.add_node(num_cpus=1, object_store_memory=STORE)
     c.wait_for_nodes()
     return c, time.perf_counter() - started
 

@@ -114,7 +114,7 @@ def start_workers(worker_class, config, constitution, run_key: str, shipped: tup
     for info in infos:
         if info["error"]:
             raise InputError([Problem("engine", None, "", f"worker {info['index']} on {info['host']}: {info['error']} "
-                                      "(every node needs the backend's extra and model)")])
+                                      "(every node needs the backend's extra, model and key)")])
         if info["cai"] != __version__:
             raise InputError([Problem("engine", None, "", f"node {info['host']} runs cai {info['cai']}, this driver "
                                       f"{__version__}: install the same version on every node")])

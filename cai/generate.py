@@ -131,7 +131,7 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
         "model": {"backend": config.policy.backend, "spec": config.policy.model, "identity": backend.identity,
                   "chosen_by": next((n for n in notes if n.startswith("backend auto")), None)},
         "judge": judge_info, "warnings": warnings,
-        "fingerprint": engine.fingerprint, "versions": package_versions(),
+        "fingerprint": engine.fingerprint, "versions": package_versions(), "engine": {"kind": config.engine},
     }
     damaged_versions = dataset_versions.quarantine(out)
     write_json(out / "run.json", summary)

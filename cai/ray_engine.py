@@ -226,14 +226,15 @@ class RayEngine:
         s.failed_calls += result["failed_calls"]
         s.stage_seconds.update(result["stage_seconds"])  # worker-seconds, summed over workers
         self.load_seconds += result["load_seconds"]
-        where = result["worker"]
+        where = dict(result["worker"])
+        node = where.pop("node")
         w = self.workers.setdefault(where["index"], {**where, "blocks": 0, "examples": 0, "model_calls": 0,
                                                      "cache_hits": 0, "seconds": 0.0, "nodes": []})
-        w.update(blocks=w["blocks"] + 1, examples=w["examples"] + len(result["records"]),
+        w.update(pid=where["pid"], blocks=w["blocks"] + 1, examples=w["examples"] + len(result["records"]),
                  model_calls=w["model_calls"] + sum(calls.values()), cache_hits=w["cache_hits"] + result["hits"],
                  seconds=round(w["seconds"] + result["seconds"], 3), backend_stats=result["backend_stats"])
-        if where["node"] not in w["nodes"]:  # a restarted actor may come back on another node
-            w["nodes"].append(where["node"])
+        if node not in w["nodes"]:  # a restarted actor may come back on another node
+            w["nodes"].append(node)
         if self.progress:
             for stage in self.local.step_names():
                 if result["progress"]["extended"].get(stage):

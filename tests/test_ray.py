@@ -22,6 +22,7 @@ from helpers import KEY, CrashOnce, SeededEcho, Stub, records_by_id, write_pipel
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.timeout(300)
+STORE = 200 * 2**20  # Ray's default object store is 30 % of RAM per node: far more than blocks need
 KEY_ENV = "CAI_RAY_TEST_KEY"  # in the nodes' environment; NODELESS_ENV is only in the driver's
 NODELESS_ENV = "CAI_RAY_TEST_DRIVER_ONLY_KEY"
 
@@ -35,8 +36,8 @@ def cluster(tmp_path_factory):
     spools = tmp_path_factory.mktemp("spools")
     saved = {k: os.environ.get(k) for k in ("CAI_SPOOL_DIR", KEY_ENV)}
     os.environ.update(CAI_SPOOL_DIR=str(spools), **{KEY_ENV: KEY})  # the nodes inherit this environment
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    c.add_node(num_cpus=1)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": STORE})
+    c.add_node(num_cpus=1, object_store_memory=STORE)
     c.wait_for_nodes()
     try:
         yield c
@@ -51,11 +52,11 @@ def _ray(cluster, **fields) -> dict:
                                      **fields}}
 
 
-def _generate(pipeline, backend=None, **overrides) -> dict:
+def _generate(pipeline, backend=None, judge=None, **overrides) -> dict:
     from cai.config import load_pipeline
     from cai.generate import generate
 
-    return generate(load_pipeline(pipeline, **overrides), str(pipeline), backend=backend)
+    return generate(load_pipeline(pipeline, **overrides), str(pipeline), backend=backend, judge=judge)
 
 
 def _content(out: Path) -> dict:
@@ -80,10 +81,12 @@ def test_a_ray_run_gives_the_local_runs_records_and_dataset(cluster, tmp_path, s
     fields = {} if setup == "slcai-greedy" else {
         "feedback": {"enabled": True, "pairs": "both", "principles": 2},
         "sampling": {"respond": {"temperature": 0.9, "max_new_tokens": 40}}}
+    # With feedback, a judge of its own that prefers the shorter answer travels to the workers too.
+    judge = helpers.FakeJudge(lambda a, b: (-len(a) / 50, -len(b) / 50)) if "feedback" in fields else None
     pipeline = write_pipeline(tmp_path, n_prompts=24, **fields)
-    local = _generate(pipeline, SeededEcho("echo"), out=str(tmp_path / "local"))
+    local = _generate(pipeline, SeededEcho("echo"), judge, out=str(tmp_path / "local"))
     pipeline = write_pipeline(tmp_path, n_prompts=24, **fields, **_ray(cluster))
-    remote = _generate(pipeline, SeededEcho("echo"), out=str(tmp_path / "ray"))
+    remote = _generate(pipeline, SeededEcho("echo"), judge, out=str(tmp_path / "ray"))
 
     a, b = _content(tmp_path / "local"), _content(tmp_path / "ray")
     assert len(b) == 24 and all(len(v) == 1 for v in b.values())
@@ -91,7 +94,7 @@ def test_a_ray_run_gives_the_local_runs_records_and_dataset(cluster, tmp_path, s
     if setup == "feedback-sampled":  # seeds reached the workers' backends, per example and stage
         first = next(iter(b.values()))[0]
         assert "[seed " in first["initial"] and "[seed -" not in first["initial"]
-        assert any(r[0]["feedback"]["comparisons"] for r in b.values())
+        assert remote["judge"]["identity"] == "scripted:judge" and remote["counts"]["judge_calls"] > 0
     assert _rows(tmp_path / "local") == _rows(tmp_path / "ray") != {}
     assert remote["counts"]["model_calls"] == local["counts"]["model_calls"] > 0
     assert remote["counts"]["pairs"] == local["counts"]["pairs"]
