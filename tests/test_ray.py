@@ -160,7 +160,7 @@ def test_a_killed_driver_rerun_makes_exactly_the_calls_not_yet_made(cluster, tmp
     assert summary["status"] == "complete" and summary["counts"]["model_calls"] == total - len(kept)
     assert not (spool.root() / spool.run_key(out)).exists()  # spools are dropped once the cache holds them
     # The whole API budget (concurrency 4) was shared by the two workers, not given to each.
-    assert stub.max_in_flight <= 4
+    assert 2 < stub.max_in_flight <= 4
     assert sorted(w["backend_stats"]["policy"]["requests"] for w in summary["engine"]["workers"]) != []
     assert summary["backend_stats"]["requests"] == total - len(kept)
 
@@ -233,3 +233,26 @@ def test_the_embedded_model_on_ray_gives_the_local_runs_records(cluster, tmp_pat
         for cx, cy in zip(x["feedback"]["comparisons"], y["feedback"]["comparisons"]):
             assert (cx["a"], cx["b"], cx.get("chosen")) == (cy["a"], cy["b"], cy.get("chosen"))
             assert cx["p_a"] == pytest.approx(cy["p_a"], abs=1e-4)
+
+
+def test_workers_follow_the_gpus_and_share_an_apis_budget(monkeypatch, tmp_path):
+    from cai import cluster
+    from cai.config import load_pipeline
+
+    gpu_nodes = [{"NodeID": "a", "Resources": {"CPU": 32, "GPU": 8}}, {"NodeID": "b", "Resources": {"CPU": 16, "GPU": 4}}]
+    monkeypatch.setattr(cluster, "_nodes", lambda: gpu_nodes)
+    vllm = load_pipeline(write_pipeline(tmp_path / "v", backend="vllm", model="embedded", tensor_parallel_size=2,
+                                        **_ray_fields()))
+    assert cluster.plan_workers(vllm) == (6, 2)  # TP within a worker on one node: 8/2 + 4/2 engines
+    vllm.policy.options.data_parallel_size = 2
+    assert cluster.plan_workers(vllm) == (3, 4)  # vLLM's own DP stays inside the worker too
+    monkeypatch.setattr(cluster, "_nodes", lambda: [{"NodeID": n, "Resources": {"CPU": 2}} for n in "abc"])
+    assert cluster.plan_workers(vllm) == (3, 0)  # no GPUs: one worker per node
+    api = load_pipeline(write_pipeline(tmp_path / "a", backend="openai", model="m", concurrency=16, **_ray_fields()))
+    assert [cluster._share(api, 3, i).policy.options.concurrency for i in range(3)] == [6, 5, 5]
+    api.policy.options.concurrency = 2
+    assert cluster.plan_workers(api) == (2, 0)  # never more workers than requests allowed in flight
+
+
+def _ray_fields() -> dict:
+    return {"engine": "ray", "ray": {"address": "127.0.0.1:9"}}
