@@ -184,6 +184,9 @@ class Engine:
                    for ex in chunk]
         for stage in self.stages:
             stage.run(records, self.calls)
+        for rec in records:  # a reasoning model's thinking: kept, never in the answers
+            if rec["id"] in self.calls.thinking:
+                rec["thinking"] = self.calls.thinking.pop(rec["id"])
         return records
 
     def current_records(self, examples: list[dict]):

@@ -18,9 +18,11 @@ import time
 from collections import Counter
 from typing import Callable, Protocol, Sequence
 
+from cai import reasoning
 from cai.backends import Backend, CallFailed, Conversation, Progress, Sampling
 
 JUDGE_PREFIX = "judge"  # stages whose calls go to the judge model
+ID_SEP = "\x1f"  # a call id is its example's id, then (judge calls) pair, principle and order
 
 
 class Calls(Protocol):
@@ -69,6 +71,7 @@ class BackendCalls:
         self.hits: Counter = Counter()
         self.seconds: Counter = Counter()
         self.load_seconds = 0.0
+        self.thinking: dict[str, dict[str, str]] = {}  # example id -> {step: thinking} (cai/reasoning.py)
 
     def backend_for(self, stage: str) -> Backend:
         return self.judge if stage.startswith(JUDGE_PREFIX) else self.policy
@@ -90,8 +93,19 @@ class BackendCalls:
     def chat(self, stage: str, conversations: list[Conversation], ids: list[str]) -> list:
         backend = self.backend_for(stage)
         sampling = [self.sampling(stage, i) for i in ids]
-        return self._counted(stage, backend, lambda: backend.chat(
+        outs = self._counted(stage, backend, lambda: backend.chat(
             conversations, sampling, progress=self.progress(stage, len(conversations))) if conversations else [])
+        return [self._answer(stage, i, out) for i, out in zip(ids, outs)]
+
+    def _answer(self, stage: str, call_id: str, out):
+        """The reply without a reasoning model's thinking, which is filed under its example's id."""
+        if not isinstance(out, str):
+            return out
+        answer, thinking = reasoning.split(out)
+        if thinking is not None:
+            owner, *rest = call_id.split(ID_SEP)
+            self.thinking.setdefault(owner, {})["/".join([stage, *rest])] = thinking
+        return answer
 
     def score(self, stage: str, conversations: list[Conversation], ids: list[str], choices: Sequence[str]) -> list:
         backend = self.judge

@@ -191,11 +191,12 @@ class Stub:
     return (status, headers) or (status, headers, message) to answer with an error; `logprobs` may be
     a list of (token, logprob) for the top log-probabilities."""
 
-    def __init__(self, fail=None, model="stub-model", logprobs=True, latency=0.01):
+    def __init__(self, fail=None, model="stub-model", logprobs=True, latency=0.01, reasoning=None):
         self.fail = fail or (lambda body, attempt: None)
         self.model = model
         self.logprobs = logprobs
         self.latency = latency  # seconds before each answer
+        self.reasoning = reasoning  # a function of the last message: the reply's reasoning_content
         self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
         self.bodies: list[str] = []  # every request's messages and settings, in arrival order
@@ -231,6 +232,8 @@ class Stub:
                         status, headers, *message = failure
                         return self._send(status, {"error": {"message": (message or ["injected"])[0]}}, headers)
                     msg = {"role": "assistant", "content": f"echo: {last}"}
+                    if stub.reasoning:
+                        msg["reasoning_content"] = stub.reasoning(last)
                     choice = {"index": 0, "message": msg, "finish_reason": "stop"}
                     if body.get("logprobs") and stub.logprobs:
                         pairs = stub.logprobs if isinstance(stub.logprobs, list) else [(" A", -0.2), (" B", -1.8)]

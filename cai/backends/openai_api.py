@@ -22,6 +22,7 @@ import openai
 
 from cai.backends import CallFailed, Conversation, Progress, Sampling, logaddexp
 from cai.backends.specs import identity
+from cai.reasoning import wrap
 
 
 class MissingAPIKey(ValueError):
@@ -163,10 +164,14 @@ class OpenAIBackend:
                     model=self.model, messages=conv, max_tokens=s.max_new_tokens,
                     temperature=s.temperature, top_p=s.top_p, extra_body=body or None, **extra,
                 )
-                content = resp.choices[0].message.content
-                if content is None:
-                    raise ValueError("the server returned no message content")
-                return content.strip()
+                message = resp.choices[0].message
+                extra = message.model_extra or {}
+                # Reasoning models' thinking (DeepSeek, vLLM: reasoning_content; others: reasoning).
+                thinking = extra.get("reasoning_content") or extra.get("reasoning") or getattr(message, "reasoning", None)
+                if message.content is None:
+                    raise ValueError("the model spent max_new_tokens thinking and gave no answer: raise max_new_tokens"
+                                     if thinking else "the server returned no message content")
+                return wrap(thinking if isinstance(thinking, str) else None, message.content.strip())
             return call
 
         return self._run([job(c, s) for c, s in zip(conversations, sampling)], progress, on_result=on_result)
