@@ -68,13 +68,16 @@ def node_spools(run_key: str, action: str) -> list:
 
 
 def _share(config, count: int, index: int):
-    """Worker `index`'s copy of the config: its share of each API model's concurrency."""
+    """Worker `index`'s copy of the config: its share of each API model's concurrency and rate limits."""
     config = config.model_copy(deep=True)
     for role in ("policy", "judge"):
         spec = getattr(config, role)
         if spec is not None and spec.backend == "openai":
             total = spec.options.concurrency
             spec.options.concurrency = total // count + (index < total % count)
+            for limit in ("rpm", "tpm"):  # per-minute limits: an equal share each
+                if getattr(spec.options, limit):
+                    setattr(spec.options, limit, getattr(spec.options, limit) / count)
     return config
 
 

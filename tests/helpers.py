@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -200,6 +201,7 @@ class Stub:
         self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
         self.bodies: list[str] = []  # every request's messages and settings, in arrival order
+        self.arrivals: list[float] = []  # time.monotonic() of each request
         self.in_flight = self.max_in_flight = self.requests = 0
         self.bad_auth = 0
         stub = self
@@ -222,6 +224,7 @@ class Stub:
                 with stub.lock:
                     stub.requests += 1
                     stub.bodies.append(json.dumps(body, sort_keys=True))
+                    stub.arrivals.append(time.monotonic())
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
                     attempt = stub.attempts[last] = stub.attempts.get(last, 0) + 1

@@ -149,15 +149,17 @@ def test_a_server_judges_a_transformers_policy(server, tmp_path):
 class FaultProxy:
     """Loopback proxy to the server that spoils every fifth request (20 %), cycling through
     429 with Retry-After, 500, a response slower than the client's timeout, and a dropped
-    connection."""
+    connection. In storm mode it instead refuses every request with 429 for `storm` seconds from
+    the first one, then passes everything."""
 
     KINDS = ("429", "500", "slow", "drop")
 
-    def __init__(self, upstream: str, slow_seconds: float):
+    def __init__(self, upstream: str, slow_seconds: float = 0, storm: float | None = None):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.faults: dict[str, int] = {k: 0 for k in self.KINDS}
+        self.storm_until: float | None = None
         lock, counter, proxy = threading.Lock(), [0], self
 
         class Handler(BaseHTTPRequestHandler):
@@ -184,7 +186,12 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with lock:
                     n = counter[0] = counter[0] + 1
-                kind = proxy.KINDS[(n // 5) % 4] if n % 5 == 2 else None
+                    if storm is not None and proxy.storm_until is None:
+                        proxy.storm_until = time.monotonic() + storm
+                if storm is not None:
+                    kind = "429" if time.monotonic() < proxy.storm_until else None
+                else:
+                    kind = proxy.KINDS[(n // 5) % 4] if n % 5 == 2 else None
                 if kind:
                     proxy.faults[kind] += 1
                 if kind == "429":
@@ -203,24 +210,29 @@ class FaultProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def test_faults_at_20_percent_change_nothing_but_the_retry_count(server, tmp_path):
-    def pipeline(name: str, url: str) -> Path:
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(
-            f"name: {name}\nconstitution: {ROOT / 'constitution' / 'harmless.yaml'}\n"
-            f"prompts: [{ROOT / 'pipelines' / 'prompts' / 'benign.jsonl'}]\n"
-            f"policy: {{backend: openai, model: smollm2, options: {{base_url: '{url}', concurrency: 2, timeout: 15,"
-            f" extra_body: {{repeat_penalty: 1.1}}}}}}\nlimit: 5\nrounds: 1\nfew_shot: 1\nout: {tmp_path / name}\n"
-            "sampling: {respond: {max_new_tokens: 48}, critique: {max_new_tokens: 48}, revise: {max_new_tokens: 48}}\n"
-        )
-        return path
+def _api_pipeline(tmp_path: Path, name: str, url: str, limit: int = 5, options: str = "") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nconstitution: {ROOT / 'constitution' / 'harmless.yaml'}\n"
+        f"prompts: [{ROOT / 'pipelines' / 'prompts' / 'benign.jsonl'}]\n"
+        f"policy: {{backend: openai, model: smollm2, options: {{base_url: '{url}', concurrency: 2, timeout: 15,"
+        f" extra_body: {{repeat_penalty: 1.1}}{options}}}}}\nlimit: {limit}\nrounds: 1\nfew_shot: 1\n"
+        f"out: {tmp_path / name}\n"
+        "sampling: {respond: {max_new_tokens: 48}, critique: {max_new_tokens: 48}, revise: {max_new_tokens: 48}}\n"
+    )
+    return path
 
-    env = {**os.environ, "OPENAI_API_KEY": KEY}
+
+def _cai_generate(pipeline: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "cai", "generate", str(pipeline)],
+                          capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": KEY}, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_faults_at_20_percent_change_nothing_but_the_retry_count(server, tmp_path):
     proxy = FaultProxy(server, slow_seconds=17)
     for name, url in (("clean", server), ("faulty", proxy.url)):
-        done = subprocess.run([sys.executable, "-m", "cai", "generate", str(pipeline(name, url))],
-                              capture_output=True, text=True, env=env, timeout=900)
-        assert done.returncode == 0, done.stderr[-2000:]
+        _cai_generate(_api_pipeline(tmp_path, name, url))
     proxy.server.shutdown()
     clean, faulty = (json.loads((tmp_path / n / "run.json").read_text()) for n in ("clean", "faulty"))
     assert all(proxy.faults.values()), proxy.faults  # every kind of fault happened
@@ -242,3 +254,22 @@ def test_faults_at_20_percent_change_nothing_but_the_retry_count(server, tmp_pat
     assert rows("faulty") == rows("clean")
     assert faulty["counts"]["pairs"] == clean["counts"]["pairs"]
     assert faulty["counts"]["flagged"] == clean["counts"]["flagged"]
+
+
+def test_a_429_storm_is_waited_out_with_no_failed_record(server, tmp_path):
+    """Every request refused with 429 for 5 s: the client's own retries (1 here) run out, then the
+    backend holds all requests for the server's Retry-After and tries again."""
+    proxy = FaultProxy(server, storm=5)
+    _cai_generate(_api_pipeline(tmp_path, "clean", server, limit=3))
+    _cai_generate(_api_pipeline(tmp_path, "storm", proxy.url, limit=3, options=", max_retries: 1"))
+    proxy.server.shutdown()
+    storm = json.loads((tmp_path / "storm" / "run.json").read_text())
+    assert proxy.faults["429"] >= 4  # refused again and again for the storm's 5 s
+    assert storm["status"] == "complete" and storm["counts"]["failed"] == 0
+    assert storm["backend_stats"]["rate_limited"] >= 1  # waited out by the backend, not by the client alone
+
+    def texts(name):
+        recs = [json.loads(l) for f in sorted((tmp_path / name / "records").glob("shard-*")) for l in open(f)]
+        return sorted((r["id"], r["initial"], r["final"]) for r in recs)
+
+    assert texts("storm") == texts("clean") and len(texts("clean")) == 3

@@ -53,7 +53,7 @@ def test_a_request_that_keeps_failing_comes_back_as_call_failed(stub):
     assert isinstance(out[2], CallFailed) and "500" in str(out[2])
     assert out[:2] + out[3:] == ["echo: question 0", "echo: question 1", "echo: question 3"]
     assert stub.attempts["question 2"] == 2  # first try + one retry
-    assert backend.stats == {"requests": 4, "attempts": 5, "retries": 1, "failed": 1}
+    assert backend.stats == {"requests": 4, "attempts": 5, "retries": 1, "failed": 1, "rate_limited": 0}
 
 
 def test_choice_logprobs_from_top_logprobs(stub):
@@ -153,3 +153,29 @@ def test_spellings_of_one_choice_add_up_instead_of_overwriting(monkeypatch):
     finally:
         server.close()
     assert math.exp(scores[0]) == pytest.approx(0.5) and math.exp(scores[1]) == pytest.approx(0.3)
+
+
+def test_rpm_and_tpm_pace_requests_however_many_are_in_flight(stub):
+    backend = create("openai", model="stub-model", base_url=stub.url, concurrency=8, rpm=600)
+    backend.chat(convs(8), [Sampling(max_new_tokens=8)] * 8)
+    gaps = [b - a for a, b in zip(stub.arrivals, stub.arrivals[1:])]
+    assert min(gaps) > 0.08  # 600 a minute: one every 0.1 s, though 8 could be in flight
+    # tpm: each request is estimated at 2 (text) + 38 (reply) = 40 tokens; 2400 a minute is one per second.
+    # The stub reports no usage, so the estimate stands.
+    start = len(stub.arrivals)
+    backend = create("openai", model="stub-model", base_url=stub.url, concurrency=8, tpm=2400)
+    backend.chat([[{"role": "user", "content": "hi there"}]] * 3, [Sampling(max_new_tokens=38)] * 3)
+    gaps = [b - a for a, b in zip(stub.arrivals[start:], stub.arrivals[start + 1:])]
+    assert len(gaps) == 2 and min(gaps) > 0.9
+
+
+@pytest.mark.parametrize("stub", [lambda body, attempt: (429, [("Retry-After", "0.2")]) if attempt <= 3 else None],
+                         indirect=True)
+def test_429s_beyond_the_clients_retries_are_waited_out_not_failed(stub):
+    backend = create("openai", model="stub-model", base_url=stub.url, concurrency=4, max_retries=0)
+    out = backend.chat(convs(4), [Sampling()] * 4)
+    assert out == [f"echo: question {i}" for i in range(4)]
+    assert backend.stats["rate_limited"] >= 4 and backend.stats["failed"] == 0
+    backend = create("openai", model="stub-model", base_url=stub.url, max_retries=0, rate_limit_wait=0)
+    (failed,) = backend.chat([[{"role": "user", "content": "another"}]], [Sampling()])
+    assert isinstance(failed, CallFailed) and "429" in str(failed)  # no waiting allowed: it fails, clearly

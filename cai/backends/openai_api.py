@@ -21,6 +21,7 @@ from typing import Sequence
 import openai
 
 from cai.backends import CallFailed, Conversation, Progress, Sampling, logaddexp
+from cai.backends.ratelimit import Pacer, estimate_tokens, retry_after
 from cai.backends.specs import identity
 from cai.reasoning import wrap
 
@@ -57,7 +58,8 @@ class OpenAIBackend:
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 16, timeout: float = 60.0, max_retries: int = 2,
                  preflight_timeout: float = 10.0, extra_body: dict | None = None,
-                 repetition_penalty_field: str | None = None, **_):
+                 repetition_penalty_field: str | None = None, rpm: float | None = None, tpm: float | None = None,
+                 rate_limit_wait: float = 600.0, **_):
         key = os.environ.get(api_key_env)
         if not key:
             raise MissingAPIKey(f"environment variable {api_key_env} is not set (it holds the API key)")
@@ -70,7 +72,8 @@ class OpenAIBackend:
                                  repetition_penalty_field=repetition_penalty_field)
         self.concurrency = max(1, concurrency)
         # requests: calls made; attempts: HTTP tries, so attempts - requests = the client's retries.
-        self.stats = {"requests": 0, "attempts": 0, "retries": 0, "failed": 0}
+        self.stats = {"requests": 0, "attempts": 0, "retries": 0, "failed": 0, "rate_limited": 0}
+        self.pacer, self.rate_limit_wait = Pacer(rpm, tpm), rate_limit_wait
         self._client_args = dict(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries)
         self._preflight(preflight_timeout)
 
@@ -108,24 +111,41 @@ class OpenAIBackend:
                 silent, stop = [0], asyncio.Event()  # requests in a row that got no answer, after retries
 
                 async def one(index, job):
+                    call, estimate = job
                     async with gate:
                         try:
                             if stop.is_set():
                                 self.stats["failed"] += 1
                                 return CallFailed(f"not sent: {self._stopped(silent[0])}")
                             self.stats["requests"] += 1
-                            try:
-                                answer = await _unless(stop, job(client))
-                            except _Stopped:
-                                self.stats["failed"] += 1
-                                return CallFailed(f"abandoned: {self._stopped(silent[0])}")
-                            except (openai.APIError, ValueError) as exc:
-                                # A timeout is an APIConnectionError too: the server is silent, not refusing.
-                                silent[0] = silent[0] + 1 if isinstance(exc, openai.APIConnectionError) else 0
-                                if silent[0] >= max(3, self.concurrency):
-                                    stop.set()
-                                self.stats["failed"] += 1
-                                return CallFailed(self._failure(exc))
+                            waited, tries = 0.0, 0
+                            while True:
+                                await self.pacer.acquire(estimate)
+                                try:
+                                    answer, used = await _unless(stop, call(client))
+                                except openai.RateLimitError as exc:
+                                    # The client's own retries are spent: hold every request and try again,
+                                    # for up to options.rate_limit_wait seconds in all.
+                                    pause = retry_after(exc, tries)
+                                    if waited + pause > self.rate_limit_wait:
+                                        raise
+                                    self.stats["rate_limited"] += 1
+                                    waited, tries = waited + pause, tries + 1
+                                    self.pacer.hold(pause)
+                                    continue
+                                self.pacer.settle(estimate, used)
+                                break
+                        except _Stopped:
+                            self.stats["failed"] += 1
+                            return CallFailed(f"abandoned: {self._stopped(silent[0])}")
+                        except (openai.APIError, ValueError) as exc:
+                            # A timeout is an APIConnectionError too: the server is silent, not refusing.
+                            silent[0] = silent[0] + 1 if isinstance(exc, openai.APIConnectionError) else 0
+                            if silent[0] >= max(3, self.concurrency):
+                                stop.set()
+                            self.stats["failed"] += 1
+                            return CallFailed(self._failure(exc))
+                        else:
                             silent[0] = 0
                             if on_result:
                                 on_result(index, answer)
@@ -164,6 +184,7 @@ class OpenAIBackend:
                     model=self.model, messages=conv, max_tokens=s.max_new_tokens,
                     temperature=s.temperature, top_p=s.top_p, extra_body=body or None, **extra,
                 )
+                used = resp.usage.total_tokens if resp.usage else None
                 message = resp.choices[0].message
                 extra = message.model_extra or {}
                 # Reasoning models' thinking (DeepSeek, vLLM: reasoning_content; others: reasoning).
@@ -171,8 +192,8 @@ class OpenAIBackend:
                 if message.content is None:
                     raise ValueError("the model spent max_new_tokens thinking and gave no answer: raise max_new_tokens"
                                      if thinking else "the server returned no message content")
-                return wrap(thinking if isinstance(thinking, str) else None, message.content.strip())
-            return call
+                return wrap(thinking if isinstance(thinking, str) else None, message.content.strip()), used
+            return call, estimate_tokens(conv, s.max_new_tokens)
 
         return self._run([job(c, s) for c, s in zip(conversations, sampling)], progress, on_result=on_result)
 
@@ -199,7 +220,7 @@ class OpenAIBackend:
                     key = t.token.strip()
                     top[key] = logaddexp(top[key], t.logprob) if key in top else t.logprob
                 floor = min(top.values(), default=0.0) - math.log(2)
-                return [top.get(c.strip(), floor) for c in choices]
-            return call
+                return [top.get(c.strip(), floor) for c in choices], resp.usage.total_tokens if resp.usage else None
+            return call, estimate_tokens(conv, 1)
 
         return self._run([job(c) for c in conversations], progress, unit=len(choices), on_result=on_result)

@@ -57,6 +57,11 @@ class OpenAIOptions(StrictModel):
     # repetition_penalty for vLLM, TGI and SGLang (over prompt and reply, as in-process);
     # repeat_penalty for llama.cpp (over its last 64 tokens only). Unset: not sent.
     repetition_penalty_field: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # The provider's limits, paced so no minute exceeds them (shared by a run's Ray workers).
+    rpm: float | None = Field(None, gt=0)  # requests per minute
+    tpm: float | None = Field(None, gt=0)  # tokens per minute (prompt + reply)
+    # Seconds a request may spend waiting out 429s (after the client's own retries) before it fails.
+    rate_limit_wait: float = Field(600.0, ge=0)
 
 
 class ScriptedOptions(StrictModel):
