@@ -61,6 +61,12 @@ class FeedbackConfig(_Strict):
     prefill: bool = False
     cot_clamp: tuple[float, float] = (0.4, 0.6)
     cot_sampling: StageSampling = StageSampling(max_new_tokens=96, repetition_penalty=1.1)
+    # How the judge labels: logprobs (the option letters' probabilities, the paper's soft labels) or
+    # votes (k sampled answers per order, the label is the vote share) for judges without
+    # log-probabilities. auto: votes when the judge's spec says it has none (openai options.logprobs: false).
+    method: Literal["auto", "logprobs", "votes"] = "auto"
+    votes: int = Field(5, ge=1, le=64)
+    vote_sampling: StageSampling = StageSampling(max_new_tokens=16, temperature=1.0)
     tie_threshold: float = Field(0.02, ge=0, lt=0.5)  # |p - 0.5| below this is a tie
     min_confidence: float = Field(0.5, ge=0.5, le=1)  # pairs with chosen_prob below are dropped
     include_ties: bool = False

@@ -20,7 +20,7 @@ from cai.cache import Cache, CachedBackend
 from cai.config import PipelineConfig
 from cai.constitution import Constitution
 from cai.critique import SLCAI
-from cai.judge import PROMPT_VERSION, Judge, prefill_for
+from cai.judge import PROMPT_VERSION, Judge, judge_method, prefill_for
 from cai.pairs import FeedbackStage
 from cai.progress import StageProgress
 from cai.records import RecordStore, new_record
@@ -101,17 +101,22 @@ class Engine:
         }
         if c.feedback.enabled:
             # prefill counts through judge_prompt, so runs made before the setting keep their fingerprint
-            parts.update(feedback=c.feedback.model_dump(exclude={"prefill"}), judge=self.judge.identity)
+            voting = {"method", "votes", "vote_sampling"}  # counted through judge_prompt, below
+            parts.update(feedback=c.feedback.model_dump(exclude={"prefill"} | voting), judge=self.judge.identity)
             asked = {"version": PROMPT_VERSION, "prefill": prefill_for(c)}
+            if judge_method(c) == "votes":
+                asked.update(c.feedback.model_dump(include=voting), method="votes")
             if asked != {"version": 1, "prefill": False}:  # the plain form keeps older runs' fingerprints
                 parts["judge_prompt"] = asked
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def _sampling(self, stage: str, example_id: str) -> Sampling:
         fb = self.config.feedback
-        s = {"sample": fb.sample_sampling, "judge-cot": fb.cot_sampling}.get(kind(stage)) or getattr(
-            self.config.sampling, kind(stage))
-        return Sampling(**s.model_dump(), seed=seed_for(self.config.seed, example_id, stage))
+        s = {"sample": fb.sample_sampling, "judge-cot": fb.cot_sampling, "judge": fb.vote_sampling}.get(
+            kind(stage)) or getattr(self.config.sampling, kind(stage))
+        # Chat calls at the judge step are votes (scored calls take no sampling).
+        return Sampling(**s.model_dump(), seed=seed_for(self.config.seed, example_id, stage),
+                        schema="choice" if kind(stage) == "judge" else None)
 
     def _progress_for(self, stage: str, units: int):
         if not self.progress:

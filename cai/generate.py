@@ -17,6 +17,7 @@ from cai.backends.loading import LazyBackend, close
 from cai.config import PipelineConfig
 from cai.constitution import load_constitution
 from cai.engine import Engine
+from cai.judge import judge_method
 from cai.errors import InputError, Problem
 from cai.progress import StageProgress
 from cai.prompts import load_prompts
@@ -109,8 +110,10 @@ def _judge_info(config: PipelineConfig, backend, judge) -> tuple[dict | None, li
         return None, []
     j = config.judge_spec()
     same = judge is None or judge.identity == backend.identity
+    method = judge_method(config)
     info = {"backend": j.backend, "spec": j.model, "identity": (judge or backend).identity,
-            "same_as_policy": same}
+            "same_as_policy": same, "method": method,  # logprobs (soft labels) or votes (vote shares)
+            **({"votes": config.feedback.votes} if method == "votes" else {})}
     warn = ["the judge is the policy model itself: its labels may favour its own style "
             "(self-preference); set judge: in the pipeline (or --judge-model) to use another model"] if same else []
     return info, warn

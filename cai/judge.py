@@ -17,19 +17,26 @@ collapse toward 0/1, are clamped to 40-60 % as the paper does.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
+
+from dataclasses import replace
 
 from cai.backends import Backend, CallFailed, Sampling
 from cai.constitution import Constitution, Principle
 from cai.critique import rank_principles
-from cai.stage import BackendCalls, Calls
+from cai.stage import BackendCalls, Calls, seed_for
 
 CHOICES = ("A", "B")  # single tokens that differ at the first token, so API backends can score them
 COT_STAGE, SCORE_STAGE = "judge-cot", "judge"
 COT_REQUEST = "Think step by step about which option is better before answering."
 COT_FOLLOW_UP = "So, which option is better, (A) or (B)?"
 ANSWER = "The answer is:"
+VOTE_REQUEST = 'Reply with only {"answer": "A"} or {"answer": "B"}.'
+# A vote is the JSON asked for, or a bare letter, or "The answer is (A)"; anything else is malformed.
+_VOTE = re.compile(r'\{\s*"answer"\s*:\s*"\(?([AB])\)?"\s*\}|\(?([AB])\)?[.)]?|(?:the )?answer is:?\s*\(?([AB])\)?\.?',
+                   re.I)
 PREFILL = ANSWER + " ("  # the assistant turn the letter continues
 # Bumped whenever what the judge is asked changes: part of the record fingerprint, so a
 # resumed run never mixes labels from two prompts. 1 is the paper's plain form, which records
@@ -67,22 +74,26 @@ def judge_prompt(prompt: str, first: str, second: str, question: str, ending: st
     )
 
 
-def answer_turn(prefill: bool, letter: str = "") -> dict:
-    """The judge's reply: prefilled up to the letter (and closed after it when given), or the letter alone."""
+def answer_turn(prefill: bool, letter: str = "", vote: bool = False) -> dict:
+    """The judge's reply: prefilled up to the letter (and closed after it when given), the letter alone,
+    or (a vote) the JSON asked for."""
+    if vote:
+        return {"role": "assistant", "content": f'{{"answer": "{letter}"}}'}
     if not prefill:
         return {"role": "assistant", "content": letter}
     return {"role": "assistant", "content": PREFILL + (f"{letter})" if letter else "")}
 
 
-def few_shot_turns(constitution: Constitution, principle: Principle, prefill: bool) -> list[dict]:
+def few_shot_turns(constitution: Constitution, principle: Principle, prefill: bool, vote: bool = False) -> list[dict]:
     """The constitution's labelled comparisons as earlier turns; the better answer alternates
     between (A) and (B) so the examples teach no position."""
     turns: list[dict] = []
     for n, ex in enumerate(constitution.judge_few_shot):
         question = constitution.principle(ex.principle).comparison if ex.principle else principle.comparison
         first, second, letter = (ex.better, ex.worse, "A") if n % 2 == 0 else (ex.worse, ex.better, "B")
-        turns += [{"role": "user", "content": judge_prompt(ex.prompt, first, second, question, "" if prefill else ANSWER)},
-                  answer_turn(prefill, letter)]
+        ending = VOTE_REQUEST if vote else "" if prefill else ANSWER
+        turns += [{"role": "user", "content": judge_prompt(ex.prompt, first, second, question, ending)},
+                  answer_turn(prefill, letter, vote)]
     return turns
 
 
@@ -95,6 +106,21 @@ def prefill_for(config, spec=None) -> bool:
     """Whether a pipeline's judge (or the model `spec` judging as it would) is prefilled: asked for
     (feedback.prefill) and possible on its backend."""
     return config.feedback.prefill and can_prefill((spec or config.judge_spec()).backend)
+
+
+def judge_method(config, spec=None) -> str:
+    """logprobs or votes: feedback.method, where auto votes for a judge whose spec says it has no log-probs."""
+    method = config.feedback.method
+    if method != "auto":
+        return method
+    options = (spec or config.judge_spec()).options
+    return "logprobs" if getattr(options, "logprobs", True) else "votes"
+
+
+def vote_of(reply: str) -> str | None:
+    """"A" or "B" when the reply is a vote in one of the accepted forms, else None (never guessed)."""
+    m = _VOTE.fullmatch(reply.strip())
+    return next(g for g in m.groups() if g).upper() if m else None
 
 
 def soft_label(logprobs: Sequence[float]) -> tuple[float, float] | None:
@@ -122,37 +148,46 @@ class Judge:
     def __init__(self, constitution: Constitution, principles: int = 2, seed: int = 0,
                  cot: bool = False, clamp: tuple[float, float] = (0.4, 0.6),
                  cot_sampling: Sampling = Sampling(max_new_tokens=96, repetition_penalty=1.1),
-                 prefill: bool = False):
+                 prefill: bool = False, votes: int = 0,
+                 vote_sampling: Sampling = Sampling(max_new_tokens=16, temperature=1.0)):
         self.constitution = constitution
         self.principles = constitution.comparison_principles
         if not self.principles:
             raise ValueError("no principle has a comparison question; AI feedback needs at least one")
         self.k = min(principles, len(self.principles))
         self.seed, self.cot, self.clamp, self.cot_sampling = seed, cot, clamp, cot_sampling
-        self.prefill = prefill  # False for API backends, which cannot continue an assistant turn
+        self.votes, self.vote_sampling = votes, replace(vote_sampling, schema="choice")  # votes 0: log-probs
+        self.prefill = prefill and not votes  # False for API backends, which cannot continue an assistant turn
 
     @classmethod
     def for_feedback(cls, config, constitution: Constitution, seed_offset: int = 0) -> "Judge":
         """The judge exactly as `--feedback` labels with it (a PipelineConfig's feedback settings)."""
         fb = config.feedback
+        votes = fb.votes if judge_method(config) == "votes" else 0
         return cls(constitution, fb.principles, config.seed + seed_offset, fb.cot, fb.cot_clamp,
-                   Sampling(**fb.cot_sampling.model_dump()), prefill=prefill_for(config))
+                   Sampling(**fb.cot_sampling.model_dump()), prefill=prefill_for(config), votes=votes,
+                   vote_sampling=Sampling(**fb.vote_sampling.model_dump()))
 
     def draw(self, comparison_id: str) -> list[Principle]:
         return rank_principles(self.principles, comparison_id, "judge", self.seed)[: self.k]
 
     def calls(self, backend: Backend, progress=None) -> BackendCalls:
         """Calls straight to one (possibly cached) backend, every step ticking one progress callback."""
-        return BackendCalls(backend, backend, sampling=lambda stage, example_id: self.cot_sampling,
-                            progress=lambda stage, units: progress)
+        def sampling(stage: str, call_id: str) -> Sampling:
+            if stage == SCORE_STAGE:  # votes: each its own seed
+                return replace(self.vote_sampling, seed=seed_for(self.seed, call_id, stage))
+            return self.cot_sampling
+
+        return BackendCalls(backend, backend, sampling=sampling, progress=lambda stage, units: progress)
 
     def compare(self, items: Sequence[Comparison], calls: Calls) -> list[Verdict | CallFailed]:
         # One job per (comparison, principle, order): a first means a is option (A).
         jobs = [(n, p, a_first) for n, item in enumerate(items) for p in self.draw(item.id)
                 for a_first in (True, False)]
         convs, ids = [], []
-        ending = COT_REQUEST if self.cot else "" if self.prefill else ANSWER
-        shots = {p.id: few_shot_turns(self.constitution, p, self.prefill) for p in self.principles}
+        answer = VOTE_REQUEST if self.votes else "" if self.prefill else ANSWER
+        ending = COT_REQUEST if self.cot else answer
+        shots = {p.id: few_shot_turns(self.constitution, p, self.prefill, bool(self.votes)) for p in self.principles}
         for n, p, a_first in jobs:
             item = items[n]
             first, second = (item.a, item.b) if a_first else (item.b, item.a)
@@ -171,13 +206,16 @@ class Judge:
                 usable[j] = bool(thought.strip())
                 reasoning.setdefault(n, []).append(thought)
                 convs[j] = convs[j] + [{"role": "assistant", "content": thought},
-                                       {"role": "user", "content": COT_FOLLOW_UP + ("" if self.prefill else " " + ANSWER)}]
+                                       {"role": "user", "content": COT_FOLLOW_UP + (" " + answer if answer else "")}]
         if self.prefill:
             convs = [c + [answer_turn(True)] for c in convs]
         live = [j for j in range(len(jobs)) if jobs[j][0] not in failed]
-        scores = dict(zip(live, calls.score(SCORE_STAGE, [convs[j] for j in live], [ids[j] for j in live], CHOICES)))
-        per: dict[int, dict[str, dict]] = {n: {} for n in range(len(items))}
         malformed = [0] * len(items)
+        if self.votes:
+            scores = self._vote(calls, live, convs, ids, jobs, malformed)
+        else:
+            scores = dict(zip(live, calls.score(SCORE_STAGE, [convs[j] for j in live], [ids[j] for j in live], CHOICES)))
+        per: dict[int, dict[str, dict]] = {n: {} for n in range(len(items))}
         masses: dict[int, list[float]] = {}
         for j, (n, p, a_first) in enumerate(jobs):
             s = scores.get(j)
@@ -185,9 +223,9 @@ class Judge:
                 failed.setdefault(n, s)
             if n in failed:
                 continue
-            label = soft_label(s) if usable[j] else None
-            if label is None:
-                malformed[n] += 1
+            label = (s if self.votes else soft_label(s)) if usable[j] else None
+            if label is None:  # (a job's malformed votes are counted one by one in _vote)
+                malformed[n] += 0 if self.votes and usable[j] else 1
                 continue
             p_option_a, mass = label
             p_a = p_option_a if a_first else 1 - p_option_a
@@ -213,3 +251,25 @@ class Judge:
                 reasoning=reasoning.get(n, []),
             ))
         return verdicts
+
+    def _vote(self, calls: Calls, live: list[int], convs, ids, jobs, malformed: list[int]) -> dict:
+        """Each live job asked `votes` times (sampled, each its own seed); its label is
+        (share of votes for option A, share of replies that were votes), or None without any vote."""
+        asked = [(j, v) for j in live for v in range(self.votes)]
+        replies = calls.chat(SCORE_STAGE, [convs[j] for j, _ in asked], [f"{ids[j]}\x1fvote{v}" for j, v in asked])
+        tally: dict[int, list] = {j: [] for j in live}
+        for (j, _), reply in zip(asked, replies):
+            if isinstance(reply, CallFailed):
+                tally[j] = reply
+            elif isinstance(tally[j], list):
+                tally[j].append(vote_of(reply))
+        labels: dict[int, object] = {}
+        for j, got in tally.items():
+            if isinstance(got, CallFailed):
+                labels[j] = got
+                continue
+            valid = [v for v in got if v]
+            malformed[jobs[j][0]] += len(got) - len(valid)
+            # Votes already missing count as malformed above; no vote at all is no label (not 50/50).
+            labels[j] = (valid.count("A") / len(valid), len(valid) / len(got)) if valid else None
+        return labels

@@ -192,12 +192,13 @@ class Stub:
     return (status, headers) or (status, headers, message) to answer with an error; `logprobs` may be
     a list of (token, logprob) for the top log-probabilities."""
 
-    def __init__(self, fail=None, model="stub-model", logprobs=True, latency=0.01, reasoning=None):
+    def __init__(self, fail=None, model="stub-model", logprobs=True, latency=0.01, reasoning=None, reply=None):
         self.fail = fail or (lambda body, attempt: None)
         self.model = model
         self.logprobs = logprobs
         self.latency = latency  # seconds before each answer
         self.reasoning = reasoning  # a function of the last message: the reply's reasoning_content
+        self.reply = reply  # a function of the request body: the reply's content (default: echo)
         self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
         self.bodies: list[str] = []  # every request's messages and settings, in arrival order
@@ -234,7 +235,7 @@ class Stub:
                     if failure:
                         status, headers, *message = failure
                         return self._send(status, {"error": {"message": (message or ["injected"])[0]}}, headers)
-                    msg = {"role": "assistant", "content": f"echo: {last}"}
+                    msg = {"role": "assistant", "content": stub.reply(body) if stub.reply else f"echo: {last}"}
                     if stub.reasoning:
                         msg["reasoning_content"] = stub.reasoning(last)
                     choice = {"index": 0, "message": msg, "finish_reason": "stop"}

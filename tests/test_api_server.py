@@ -160,6 +160,7 @@ class FaultProxy:
 
         self.faults: dict[str, int] = {k: 0 for k in self.KINDS}
         self.storm_until: float | None = None
+        self.bodies: list[dict] = []  # every POST body, as sent by the client
         lock, counter, proxy = threading.Lock(), [0], self
 
         class Handler(BaseHTTPRequestHandler):
@@ -185,6 +186,7 @@ class FaultProxy:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with lock:
+                    proxy.bodies.append(json.loads(body))
                     n = counter[0] = counter[0] + 1
                     if storm is not None and proxy.storm_until is None:
                         proxy.storm_until = time.monotonic() + storm
@@ -273,3 +275,26 @@ def test_a_429_storm_is_waited_out_with_no_failed_record(server, tmp_path):
         return sorted((r["id"], r["initial"], r["final"]) for r in recs)
 
     assert texts("storm") == texts("clean") and len(texts("clean")) == 3
+
+
+def test_a_judge_without_logprobs_votes_against_the_real_server(server, tmp_path):
+    """options.logprobs: false: the judge asks for {"answer": ...} with response_format json_schema,
+    sampled, and labels by vote share; nothing asks the server for log-probabilities."""
+    proxy = FaultProxy(server, storm=0)  # passes everything, and keeps what was sent
+    # llama-cpp-python's server takes the schema in its own json_object form, not OpenAI's json_schema.
+    path = _api_pipeline(tmp_path, "votes", proxy.url, limit=3, options=", logprobs: false, structured_output: json_object")
+    path.write_text(path.read_text() + "feedback: {enabled: true, pairs: samples, principles: 1, votes: 3}\n")
+    _cai_generate(path)
+    proxy.server.shutdown()
+    summary = json.loads((tmp_path / "votes" / "run.json").read_text())
+    assert summary["judge"]["method"] == "votes" and summary["status"] == "complete"
+    asked = [b for b in proxy.bodies if "response_format" in b]
+    assert asked and len(asked) == summary["counts"]["judge_calls"]
+    assert not [b for b in proxy.bodies if b.get("logprobs")]
+    assert {b["temperature"] for b in asked} == {1.0} and len({b["seed"] for b in asked}) == len(asked)
+    assert {b["response_format"]["type"] for b in asked} == {"json_object"}
+    recs = [json.loads(l) for f in (tmp_path / "votes" / "records").glob("shard-*") for l in open(f)]
+    comps = [c for r in recs for c in r["feedback"]["comparisons"]]
+    assert comps and all(c["malformed"] == 0 for c in comps)  # the server kept to the schema
+    assert all(round(c["p_first"] * 3, 6) == round(c["p_first"] * 3) for c in comps)  # shares of 3 votes
+    print("\nllama.cpp votes:", [(c["p_first"], c["p_second"]) for c in comps])

@@ -26,6 +26,7 @@ class Sampling:
     top_p: float = 1.0
     repetition_penalty: float = 1.0  # >1 discourages loops, which small models fall into greedily
     seed: int | None = None  # per call; ignored when greedy
+    schema: str | None = None  # "choice": the reply must be {"answer": "A"|"B"} (a judge's vote; APIs enforce it)
 
     @property
     def greedy(self) -> bool:
@@ -35,10 +36,14 @@ class Sampling:
         """What the output depends on: greedy calls share cache entries whatever the seed."""
         # Built by hand: dataclasses.asdict deep-copies, and this runs for every call.
         if self.greedy:
-            return {"max_new_tokens": self.max_new_tokens, "temperature": 0.0, "top_p": 1.0,
-                    "repetition_penalty": self.repetition_penalty, "seed": None}
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "repetition_penalty": self.repetition_penalty, "seed": self.seed}
+            key = {"max_new_tokens": self.max_new_tokens, "temperature": 0.0, "top_p": 1.0,
+                   "repetition_penalty": self.repetition_penalty, "seed": None}
+        else:
+            key = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                   "top_p": self.top_p, "repetition_penalty": self.repetition_penalty, "seed": self.seed}
+        if self.schema:  # only when set, so every other call keeps its cache key
+            key["schema"] = self.schema
+        return key
 
 
 class CallFailed(Exception):

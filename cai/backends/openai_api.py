@@ -51,6 +51,14 @@ async def _unless(stop: asyncio.Event, call):
     return task.result()
 
 
+# A judge's vote, enforced by servers with structured output: OpenAI's form (OpenAI, vLLM) and
+# llama-cpp-python's (json_object with a schema).
+_CHOICE = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["A", "B"]}},
+           "required": ["answer"], "additionalProperties": False}
+CHOICE_FORMATS = {"json_schema": {"type": "json_schema", "json_schema": {"name": "choice", "strict": True, "schema": _CHOICE}},
+                  "json_object": {"type": "json_object", "schema": _CHOICE}}
+
+
 class OpenAIBackend:
     supports_logprobs = True  # via top_logprobs; a server without them fails the call clearly
     streams_results = True  # each answer goes to `on_result` as it lands (the cache commits it at once)
@@ -59,7 +67,7 @@ class OpenAIBackend:
                  concurrency: int = 16, timeout: float = 60.0, max_retries: int = 2,
                  preflight_timeout: float = 10.0, extra_body: dict | None = None,
                  repetition_penalty_field: str | None = None, rpm: float | None = None, tpm: float | None = None,
-                 rate_limit_wait: float = 600.0, **_):
+                 rate_limit_wait: float = 600.0, structured_output: str = "json_schema", **_):
         key = os.environ.get(api_key_env)
         if not key:
             raise MissingAPIKey(f"environment variable {api_key_env} is not set (it holds the API key)")
@@ -69,7 +77,8 @@ class OpenAIBackend:
         self.extra_body = dict(extra_body or {})
         self.penalty_field = repetition_penalty_field
         self.identity = identity("openai", model, extra_body=self.extra_body,
-                                 repetition_penalty_field=repetition_penalty_field)
+                                 repetition_penalty_field=repetition_penalty_field, structured_output=structured_output)
+        self.structured_output = structured_output
         self.concurrency = max(1, concurrency)
         # requests: calls made; attempts: HTTP tries, so attempts - requests = the client's retries.
         self.stats = {"requests": 0, "attempts": 0, "retries": 0, "failed": 0, "rate_limited": 0}
@@ -177,6 +186,8 @@ class OpenAIBackend:
         def job(conv, s: Sampling):
             async def call(client):
                 extra = {"seed": s.seed} if not s.greedy and s.seed is not None else {}
+                if s.schema == "choice" and self.structured_output != "off":
+                    extra["response_format"] = CHOICE_FORMATS[self.structured_output]
                 body = dict(self.extra_body)
                 if self.penalty_field and s.repetition_penalty != 1.0:
                     body[self.penalty_field] = s.repetition_penalty

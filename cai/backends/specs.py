@@ -62,6 +62,12 @@ class OpenAIOptions(StrictModel):
     tpm: float | None = Field(None, gt=0)  # tokens per minute (prompt + reply)
     # Seconds a request may spend waiting out 429s (after the client's own retries) before it fails.
     rate_limit_wait: float = Field(600.0, ge=0)
+    # false for servers that return no log-probabilities (reasoning models, some providers): the
+    # judge then votes (feedback.method auto).
+    logprobs: bool = True
+    # How a judge's votes ask for {"answer": "A"|"B"}: response_format json_schema (OpenAI, vLLM),
+    # json_object with a schema (llama-cpp-python's server), or off (the strict parse of the reply remains).
+    structured_output: Literal["json_schema", "json_object", "off"] = "json_schema"
 
 
 class ScriptedOptions(StrictModel):
@@ -86,7 +92,7 @@ _OPTION_NAMES = sorted({name for cls in OPTIONS.values() for name in cls.model_f
 
 
 def identity(name: str, model: str | None = None, dtype: str = "float32", extra_body: dict | None = None,
-             repetition_penalty_field: str | None = None, **_) -> str:
+             repetition_penalty_field: str | None = None, structured_output: str = "json_schema", **_) -> str:
     """What a backend's outputs depend on, known without loading it (cache keys, provenance, --plan).
 
     Kept byte-identical across releases: existing caches and run folders are keyed on it.
@@ -97,7 +103,8 @@ def identity(name: str, model: str | None = None, dtype: str = "float32", extra_
         from cai.redact import masked
 
         return (f"api:{model}" + (f"|{json.dumps(masked(extra_body), sort_keys=True)}" if extra_body else "")
-                + (f"|penalty:{repetition_penalty_field}" if repetition_penalty_field else ""))
+                + (f"|penalty:{repetition_penalty_field}" if repetition_penalty_field else "")
+                + ("" if structured_output == "json_schema" else f"|schema:{structured_output}"))
     if name == "scripted":
         return f"scripted:{model or 'echo'}"
     from cai import models
