@@ -135,7 +135,7 @@ def test_generate_with_feedback_orients_pairs_by_the_judge(tmp_path):
     c = summary["counts"]
     assert c["comparisons"] == 10 and c["pairs"] == len(rows) == 10 and c["position_consistent"] == 10
     assert summary["judge"] == {"backend": "scripted", "spec": "echo", "identity": "scripted:judge",
-                                "same_as_policy": False}
+                                "same_as_policy": False, "method": "logprobs"}
     assert not summary["warnings"]
     records = [json.loads(l) for f in sorted((tmp_path / "run" / "records").glob("*.jsonl")) for l in f.open()]
     by_id = {r["id"]: r for r in records}
@@ -176,7 +176,7 @@ def test_same_model_judge_is_recorded_and_warned(tmp_path):
                           "--out", str(tmp_path / "run2")], capture_output=True, text=True, timeout=120)
     run = json.loads((tmp_path / "run2" / "run.json").read_text())
     assert res.returncode == 0 and "self-preference" not in res.stderr
-    assert run["judge"] == {"backend": "scripted", "spec": "other", "identity": "scripted:other", "same_as_policy": False}
+    assert run["judge"] == {"backend": "scripted", "spec": "other", "identity": "scripted:other", "same_as_policy": False, "method": "logprobs"}
 
 
 def test_feedback_needs_a_comparison_question(tmp_path):
