@@ -12,6 +12,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -22,7 +23,8 @@ CREATE TABLE IF NOT EXISTS calls (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL,
     model TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    usage TEXT
 ) WITHOUT ROWID
 """
 _BATCH = 500  # stays under SQLite's bound-parameter limit
@@ -48,6 +50,9 @@ class Cache:
         self._db: sqlite3.Connection | None = None
         self._opened = False  # opened on first use: a finished run never touches (or needs) the file
         self.preloaded: dict[str, object] = {}  # entries handed over with a block (Ray workers), read first
+        self.preloaded_usage: dict[str, list] = {}
+        self.found_usage: dict[str, list] = {}  # [input, output] tokens of the last get_many's entries, where known
+        self._usage_column = True
 
     def _conn(self) -> sqlite3.Connection | None:
         if not self._opened:
@@ -75,6 +80,7 @@ class Cache:
             mode = "mode=ro" if wal else "immutable=1"
             db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, timeout=60)
             db.execute("SELECT 1 FROM calls LIMIT 1").fetchall()
+            self._usage_column = "usage" in {row[1] for row in db.execute("PRAGMA table_info(calls)")}
             return db
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -86,39 +92,46 @@ class Cache:
         # 1000 pages (the default) made inserts twice as slow at 100k examples.
         db.execute("PRAGMA wal_autocheckpoint=10000")
         db.execute(_SCHEMA)
+        if "usage" not in {row[1] for row in db.execute("PRAGMA table_info(calls)")}:
+            db.execute("ALTER TABLE calls ADD COLUMN usage TEXT")  # a cache made before tokens were kept
         return db
 
     def get_many(self, keys: Iterable[str]) -> dict[str, object]:
         keys = list(dict.fromkeys(keys))
         found = {k: self.preloaded[k] for k in keys if k in self.preloaded}
+        self.found_usage = {k: self.preloaded_usage[k] for k in found if k in self.preloaded_usage}
         keys = [k for k in keys if k not in found]
         if not keys or not self._conn():
             return found
+        usage = "usage" if self._usage_column else "NULL"
         try:
             for i in range(0, len(keys), _BATCH):
                 part = keys[i:i + _BATCH]
                 marks = ",".join("?" * len(part))
-                for key, value in self._db.execute(
-                    f"SELECT key, value FROM calls WHERE key IN ({marks})", part
+                for key, value, used in self._db.execute(
+                    f"SELECT key, value, {usage} FROM calls WHERE key IN ({marks})", part
                 ):
                     found[key] = json.loads(value)
+                    if used:
+                        self.found_usage[key] = json.loads(used)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError):  # locked, I/O: not damage
                 raise
             raise self.damaged(exc) from None
         return found
 
-    def put_many(self, items: Iterable[tuple[str, str, object]]) -> None:
-        """Store (key, model, value) rows in one transaction."""
+    def put_many(self, items: Iterable[tuple]) -> None:
+        """Store (key, model, value) or (key, model, value, [input, output] tokens) rows in one transaction."""
         if self.readonly or not self._conn():
             return
         now = time.time()
-        rows = [(k, json.dumps(v, ensure_ascii=False), m, now) for k, m, v in items]
+        rows = [(k, json.dumps(v, ensure_ascii=False), m, now, json.dumps(u[0]) if u and u[0] else None)
+                for k, m, v, *u in items]
         if not rows:
             return
         self._db.execute("BEGIN")
         self._db.executemany(
-            "INSERT OR REPLACE INTO calls (key, value, model, created) VALUES (?, ?, ?, ?)", rows
+            "INSERT OR REPLACE INTO calls (key, value, model, created, usage) VALUES (?, ?, ?, ?, ?)", rows
         )
         self._db.execute("COMMIT")
 
@@ -159,36 +172,51 @@ class CachedBackend:
         self.supports_logprobs = getattr(backend, "supports_logprobs", True)
         self.streams = getattr(backend, "streams_results", False)
         self.calls = self.hits = self.failed = 0
-        self.hit_log: dict | None = None
+        # Tokens of computed calls, and of cached ones found again (saved), as the backend counted them.
+        self.tokens: Counter = Counter()
+        self.hit_log: dict | None = None  # key -> (value, usage)
         self.new_log: dict | None = None
 
     def _through(self, keys: list[str], width: int, compute, progress) -> list:
         from cai.backends import CallFailed
 
         found = self.cache.get_many(keys)
+        known = self.cache.found_usage
         missing = [i for i, k in enumerate(keys) if k not in found]
         self.hits += len(keys) - len(missing)
+        for k in keys:
+            if k in found and known.get(k):
+                self.tokens["saved_input"] += known[k][0]
+                self.tokens["saved_output"] += known[k][1]
         if self.hit_log is not None:
-            self.hit_log.update(found)
+            self.hit_log.update({k: (v, known.get(k)) for k, v in found.items()})
         if progress and len(keys) > len(missing):
             progress((len(keys) - len(missing)) * width)
         step = self.commit_every or max(len(missing), 1)
         for start in range(0, len(missing), step):
             part = missing[start:start + step]
-            stored: set[str] = set()
+            stored: dict[str, list | None] = {}
 
-            def landed(j: int, value, part=part, stored=stored) -> None:
+            def landed(j: int, value, usage=None, part=part, stored=stored) -> None:
                 if not isinstance(value, CallFailed):
-                    self.cache.put_many([(keys[part[j]], self.identity, value)])
-                    stored.add(keys[part[j]])
+                    self.cache.put_many([(keys[part[j]], self.identity, value, usage)])
+                    stored[keys[part[j]]] = usage
 
-            new = {keys[i]: out for i, out in zip(part, compute(part, progress, landed if self.streams else None))}
+            outs = compute(part, progress, landed if self.streams else None)
+            counted = list(getattr(self.backend, "usage", None) or [])
+            counted = counted if len(counted) == len(part) else [None] * len(part)
+            new = {keys[i]: out for i, out in zip(part, outs)}
+            usage = {keys[i]: stored.get(keys[i]) or u for i, u in zip(part, counted)}
             self.calls += len(part)
             self.failed += sum(isinstance(v, CallFailed) for v in new.values())
             kept = {k: v for k, v in new.items() if not isinstance(v, CallFailed)}
-            self.cache.put_many((k, self.identity, v) for k, v in kept.items() if k not in stored)
+            for k in kept:
+                if usage[k]:
+                    self.tokens["input"] += usage[k][0]
+                    self.tokens["output"] += usage[k][1]
+            self.cache.put_many((k, self.identity, v, usage[k]) for k, v in kept.items() if k not in stored)
             if self.new_log is not None:
-                self.new_log.update(kept)
+                self.new_log.update({k: (v, usage[k]) for k, v in kept.items()})
             found.update(new)
         return [found[k] for k in keys]
 

@@ -113,6 +113,12 @@ def _counts_section(run: dict) -> str:
     if "comparisons" in c:
         lines.append(f"- judge comparisons: {c['comparisons']}")
     lines.append(f"- model calls: {c.get('model_calls')} computed, {c.get('cache_hits')} answered from the cache")
+    t = (run.get("tokens") or {}).get("total")
+    if t:
+        cost = run.get("cost")
+        spent = f" (${cost['usd']:.4f}; ${cost['saved_usd']:.4f} saved)" if cost else ""
+        lines.append(f"- tokens: {t['input']} input and {t['output']} output spent, {t['saved_input']} input and "
+                     f"{t['saved_output']} output saved by the cache{spent}")
     return "\n".join(lines)
 
 

@@ -41,6 +41,8 @@ class Stats:
     failed_calls: int = 0
     errors: list = field(default_factory=list)  # a few (stage, error) samples for run.json
     stage_seconds: Counter = field(default_factory=Counter)
+    tokens: dict = field(default_factory=dict)  # step kind -> Counter(input, output, saved_input, saved_output)
+    model_tokens: dict = field(default_factory=dict)  # model identity -> the same
 
 
 def _prompt_digest(example: dict) -> str:
@@ -134,6 +136,7 @@ class Engine:
         s.judge_calls = c.calls["judge"]
         s.failed_calls = self.policy.failed + (self.judge.failed if self.judge is not self.policy else 0)
         s.stage_seconds = Counter(c.seconds)
+        s.tokens, s.model_tokens = c.tokens, c.model_tokens
         return s
 
     def pending(self, examples: list[dict]) -> list[dict]:

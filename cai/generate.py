@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import time
 
-from cai import __version__, dataset
+from cai import __version__, dataset, usage
 from cai import versions as dataset_versions
 from cai.backends import auto
 from cai.backends.context import overlong_prompts
@@ -138,12 +138,14 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
     }
     damaged_versions = dataset_versions.quarantine(out)
     write_json(out / "run.json", summary)
+    priced, estimate = usage.prices(config), _estimate(config, constitution, examples)
     try:
         stats = engine.run(examples)
     except BaseException as exc:
         summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                        error=f"{type(exc).__name__}: {exc}", counts=_counts(engine.stats, len(examples)),
-                       backend_stats=engine.backend_stats("policy"))
+                       backend_stats=engine.backend_stats("policy"),
+                       **usage.summary(engine.stats.tokens, engine.stats.model_tokens, priced))
         try:
             write_json(out / "run.json", summary)
         except OSError:  # e.g. the disk that failed the run is still full: the first error is the one to report
@@ -169,8 +171,23 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
         engine=getattr(engine, "info", {"kind": "local"}),
     )
     summary["counts"]["quarantined"] = sum(map(len, quarantined.values()))
+    summary.update(usage.summary(stats.tokens, stats.model_tokens, priced))
+    if estimate is not None:  # --plan's estimate of this run, beside what it spent
+        summary["tokens"].update(estimate=estimate, actual_over_estimate=usage.accuracy(
+            estimate, summary["tokens"]["total"]))
     write_json(out / "run.json", summary)
     return summary
+
+
+ESTIMATE_LIMIT = 20_000  # prompts up to which a run plays its plan first (about 8 s at 20k) to estimate tokens
+
+
+def _estimate(config: PipelineConfig, constitution, examples: list[dict]) -> dict | None:
+    from cai import plan
+
+    if len(examples) > ESTIMATE_LIMIT:
+        return None
+    return plan.play(config, constitution, examples)["tokens"]["total"]
 
 
 def _unsent_penalty(config: PipelineConfig) -> list[str]:

@@ -17,7 +17,9 @@ import json
 from cai.backends.loading import precheck, spec_identity
 from cai.config import PipelineConfig
 from cai.engine import Engine
+from cai import usage
 from cai.generate import check_inputs
+from cai.usage import estimate_input
 
 
 PLACEHOLDER = "<not generated yet"
@@ -34,18 +36,29 @@ class _Planned:
 
     def chat(self, conversations, sampling, progress=None):
         # Distinct words, so planned outputs never make equal conversations downstream and pass
-        # the quality gates: judge calls on text not generated yet are an upper bound.
+        # the quality gates: judge calls on text not generated yet are an upper bound. As long as
+        # a reply of max_new_tokens (~4 characters a token), so later turns' tokens are estimated too.
         first, self.made = self.made, self.made + len(conversations)
-        return [f"{PLACEHOLDER}> " + " ".join(hashlib.sha256(f"{first + i}:{k}".encode()).hexdigest()[:8]
-                                              for k in range(12)) for i in range(len(conversations))]
+        out = [f"{PLACEHOLDER}> " + " ".join(hashlib.sha256(f"{first + i}:{k}".encode()).hexdigest()[:8]
+                                             for k in range(max(12, s.max_new_tokens * 4 // 9)))
+               for i, s in enumerate(sampling)]
+        self.usage = [[estimate_input(c), s.max_new_tokens] for c, s in zip(conversations, sampling)]
+        return out
 
     def choice_logprobs(self, conversations, choices, progress=None):
+        self.usage = [[estimate_input(c), 0] for c in conversations]
         return [[-0.5, -1.0] for _ in conversations]
 
 
 def plan(config: PipelineConfig) -> dict:
-    """What `cai generate` with this config would do: records reused or rebuilt, model calls per stage."""
+    """What `cai generate` with this config would do: records reused or rebuilt, model calls per stage,
+    tokens (and cost, with prices) it would spend and save."""
     constitution, examples, notes = check_inputs(config)
+    return play(config, constitution, examples, notes)
+
+
+def play(config: PipelineConfig, constitution, examples: list[dict], notes=()) -> dict:
+    """The plan of checked inputs (generate estimates its tokens with it)."""
     precheck(config.policy)
     policy = _Planned(spec_identity(config.policy))
     judge = None
@@ -66,6 +79,7 @@ def plan(config: PipelineConfig) -> dict:
             "records_reused": s.resumed, "records_rebuilt": len(todo),
             "records_with_new_text": changed, "model_calls": s.model_calls, "judge_calls": s.judge_calls,
             "cache_hits": s.cache_hits, "calls_by_stage": dict(sorted(s.stage_calls.items())),
+            **usage.summary(s.tokens, s.model_tokens, usage.prices(config)),
             # A damaged shard is moved aside by the run (not by a plan); its examples count as rebuilt.
             "damaged_shards": [{k: q[k] for k in ("shard", "line", "error")} for q in engine.store.quarantined]}
 
@@ -73,8 +87,12 @@ def plan(config: PipelineConfig) -> dict:
 def describe(p: dict) -> str:
     stages = ", ".join(f"{k} {v}" for k, v in p["calls_by_stage"].items()) or "none"
     notes = "".join(f"{n}\n" for n in p.get("backend_notes", ()))  # which backend `auto` chose
+    t = p["tokens"]["total"]
+    cost = f", about ${p['cost']['usd']:.2f}" if "cost" in p else ""
     return (notes + f"plan: {p['prompts']} prompts: {p['records_reused']} records reused as they are, "
             f"{p['records_rebuilt']} rebuilt ({p['records_with_new_text']} with new model text); "
-            f"{p['model_calls']} model calls to make ({stages}), {p['cache_hits']} answered from the cache"
+            f"{p['model_calls']} model calls to make ({stages}), {p['cache_hits']} answered from the cache; "
+            f"at most about {t['input']} input and {t['output']} output tokens{cost} (replies as long as "
+            "max_new_tokens)"
             + "".join(f"; records/{d['shard']} line {d['line']} is damaged (the run moves it aside)"
                       for d in p["damaged_shards"]))

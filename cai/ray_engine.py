@@ -100,14 +100,15 @@ class Worker:
         # last block returned are in the run's cache now, so the spool lets them go.
         while len(self.returned) > 1:
             e.cache.delete_many(self.returned.popleft())
-        e.cache.preloaded = hints
+        e.cache.preloaded = {k: v for k, (v, _) in hints.items()}
+        e.cache.preloaded_usage = {k: u for k, (_, u) in hints.items() if u}
         e.reset_counts()  # this block's counts only
         e.progress = _Tally()
         failed = sum(b.failed for b in self.backends)
         started = time.perf_counter()
         records = e.process(block)
-        calls = [(k, b.identity, v) for b in self.backends for k, v in b.new_log.items()]
-        self.returned.append([k for k, _, _ in calls])
+        calls = [(k, b.identity, v, u) for b in self.backends for k, (v, u) in b.new_log.items()]
+        self.returned.append([k for k, *_ in calls])
         for b in self.backends:
             b.new_log = {}
         c = e.calls
@@ -115,6 +116,8 @@ class Worker:
                 "stage_calls": dict(c.calls), "hits": sum(c.hits.values()), "stage_seconds": dict(c.seconds),
                 "load_seconds": c.load_seconds, "failed_calls": sum(b.failed for b in self.backends) - failed,
                 "progress": {"done": dict(e.progress.done), "extended": dict(e.progress.extended)},
+                "tokens": {k: dict(v) for k, v in c.tokens.items()},
+                "model_tokens": {k: dict(v) for k, v in c.model_tokens.items()},
                 "backend_stats": {"policy": e.backend_stats("policy"), "judge": e.backend_stats("judge")}}
 
     def close(self, clear: bool) -> None:
@@ -225,6 +228,9 @@ class RayEngine:
         s.cache_hits += result["hits"]
         s.failed_calls += result["failed_calls"]
         s.stage_seconds.update(result["stage_seconds"])  # worker-seconds, summed over workers
+        for mine, theirs in ((s.tokens, result["tokens"]), (s.model_tokens, result["model_tokens"])):
+            for key, counts in theirs.items():
+                mine.setdefault(key, Counter()).update(counts)
         self.load_seconds += result["load_seconds"]
         where = dict(result["worker"])
         node = where.pop("node")

@@ -47,10 +47,11 @@ def _select(db: Path, columns: str) -> list[tuple]:
         conn.close()
 
 
-def read(key: str) -> list[tuple[str, str, object]]:
-    """Every call in this node's spools of the run, as (key, model, value) rows for Cache.put_many."""
-    return [(k, m, json.loads(v)) for db in sorted((root() / key).glob("worker-*/cache.sqlite"))
-            for k, m, v in _select(db, "key, model, value")]
+def read(key: str) -> list[tuple[str, str, object, list | None]]:
+    """Every call in this node's spools of the run, as (key, model, value, usage) rows for Cache.put_many."""
+    return [(k, m, json.loads(v), json.loads(u) if u else None)
+            for db in sorted((root() / key).glob("worker-*/cache.sqlite"))
+            for k, m, v, u in _select(db, "key, model, value, usage")]
 
 
 def stored(out: str | Path) -> set[str]:

@@ -72,6 +72,9 @@ class BackendCalls:
         self.seconds: Counter = Counter()
         self.load_seconds = 0.0
         self.thinking: dict[str, dict[str, str]] = {}  # example id -> {step: thinking} (cai/reasoning.py)
+        # Tokens (input, output, saved_input, saved_output) by step kind and by model identity.
+        self.tokens: dict[str, Counter] = {}
+        self.model_tokens: dict[str, Counter] = {}
 
     def backend_for(self, stage: str) -> Backend:
         return self.judge if stage.startswith(JUDGE_PREFIX) else self.policy
@@ -80,9 +83,14 @@ class BackendCalls:
         started = time.perf_counter()
         calls, hits = getattr(backend, "calls", 0), getattr(backend, "hits", 0)
         loading = getattr(backend, "load_seconds", 0.0)
+        tokens = Counter(getattr(backend, "tokens", None) or {})
         try:
             return run()
         finally:
+            spent = Counter(getattr(backend, "tokens", None) or {})
+            spent.subtract(tokens)
+            self.tokens.setdefault(kind(stage), Counter()).update(+spent)
+            self.model_tokens.setdefault(backend.identity, Counter()).update(+spent)
             self.calls[kind(stage)] += getattr(backend, "calls", 0) - calls
             self.hits[kind(stage)] += getattr(backend, "hits", 0) - hits
             # A lazy backend's model load is not the step's work: counted apart (load_seconds).

@@ -90,14 +90,18 @@ class TransformersBackend:
         new = decode.generate(self.model, rows, self.eos, self.tokenizer.pad_token_id, self.batch_size,
                               on_finish=progress)
         raw = not has_template(self.tokenizer)
+        self.usage = [None] * len(out)  # [input, output] tokens per call (refused ones: none)
         for i, ids in zip(todo, new):
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             out[i] = raw_reply(text) if raw else text.strip()
+            self.usage[i] = [len(encoded[i]), len(ids)]
         return out
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         progress: Progress | None = None) -> list[list[float] | CallFailed]:
-        return score_spellings(self.tokenizer, self._scores, conversations, choices, progress)
+        scores = score_spellings(self.tokenizer, self._scores, conversations, choices, progress)
+        self.usage = [[len(self._encode(c)), 0] for c in conversations]
+        return scores
 
     @torch.inference_mode()
     def _scores(self, conversations: Sequence[Conversation], choices: Sequence[str],

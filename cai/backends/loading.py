@@ -110,6 +110,11 @@ class LazyBackend:
         return dict(getattr(self._backend, "stats", {}) or {})
 
     @property
+    def usage(self) -> list | None:
+        """[input, output] tokens of each call of the last batch (see CachedBackend)."""
+        return getattr(self._backend, "usage", None)
+
+    @property
     def streams_results(self) -> bool:
         return self.spec.backend not in WEIGHTS and getattr(self.backend, "streams_results", False)
 

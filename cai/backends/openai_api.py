@@ -59,6 +59,11 @@ CHOICE_FORMATS = {"json_schema": {"type": "json_schema", "json_schema": {"name":
                   "json_object": {"type": "json_object", "schema": _CHOICE}}
 
 
+def _usage(resp) -> list[int] | None:
+    u = resp.usage
+    return [u.prompt_tokens, u.completion_tokens] if u and u.prompt_tokens is not None else None
+
+
 class OpenAIBackend:
     supports_logprobs = True  # via top_logprobs; a server without them fails the call clearly
     streams_results = True  # each answer goes to `on_result` as it lands (the cache commits it at once)
@@ -142,7 +147,8 @@ class OpenAIBackend:
                                     waited, tries = waited + pause, tries + 1
                                     self.pacer.hold(pause)
                                     continue
-                                self.pacer.settle(estimate, used)
+                                self.pacer.settle(estimate, sum(used) if used else None)
+                                usage[index] = used
                                 break
                         except _Stopped:
                             self.stats["failed"] += 1
@@ -157,7 +163,7 @@ class OpenAIBackend:
                         else:
                             silent[0] = 0
                             if on_result:
-                                on_result(index, answer)
+                                on_result(index, answer, used)
                             return answer
                         finally:
                             if progress:
@@ -165,6 +171,8 @@ class OpenAIBackend:
 
                 return await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
 
+        usage: list[list[int] | None] = [None] * len(jobs)
+        self.usage = usage  # [input, output] tokens per call, as the server counted them
         try:
             return asyncio.run(main())
         finally:
@@ -195,7 +203,7 @@ class OpenAIBackend:
                     model=self.model, messages=conv, max_tokens=s.max_new_tokens,
                     temperature=s.temperature, top_p=s.top_p, extra_body=body or None, **extra,
                 )
-                used = resp.usage.total_tokens if resp.usage else None
+                used = _usage(resp)
                 message = resp.choices[0].message
                 extra = message.model_extra or {}
                 # Reasoning models' thinking (DeepSeek, vLLM: reasoning_content; others: reasoning).
@@ -231,7 +239,7 @@ class OpenAIBackend:
                     key = t.token.strip()
                     top[key] = logaddexp(top[key], t.logprob) if key in top else t.logprob
                 floor = min(top.values(), default=0.0) - math.log(2)
-                return [top.get(c.strip(), floor) for c in choices], resp.usage.total_tokens if resp.usage else None
+                return [top.get(c.strip(), floor) for c in choices], _usage(resp)
             return call, estimate_tokens(conv, 1)
 
         return self._run([job(c) for c in conversations], progress, unit=len(choices), on_result=on_result)

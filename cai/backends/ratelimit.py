@@ -17,7 +17,9 @@ BACKOFF_CAP = 30.0  # seconds between tries when the server gives no Retry-After
 
 
 def estimate_tokens(conversation: list[dict], reply_tokens: int) -> int:
-    return sum(len(m["content"]) for m in conversation) // 4 + reply_tokens
+    from cai.usage import estimate_input
+
+    return estimate_input(conversation) + reply_tokens
 
 
 def retry_after(exc, attempt: int) -> float:

@@ -41,6 +41,13 @@ class VLLMOptions(StrictModel):
     max_model_len: int = Field(4096, gt=0)
 
 
+class Price(StrictModel):
+    """USD per million tokens, for run.json's cost and --plan's estimate."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
 class OpenAIOptions(StrictModel):
     base_url: str | None = None  # the server's /v1 URL (default: OpenAI's)
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key, never the key
@@ -68,6 +75,7 @@ class OpenAIOptions(StrictModel):
     # How a judge's votes ask for {"answer": "A"|"B"}: response_format json_schema (OpenAI, vLLM),
     # json_object with a schema (llama-cpp-python's server), or off (the strict parse of the reply remains).
     structured_output: Literal["json_schema", "json_object", "off"] = "json_schema"
+    price: Price | None = None  # e.g. {input_per_mtok: 0.15, output_per_mtok: 0.6}
 
 
 class ScriptedOptions(StrictModel):

@@ -146,15 +146,19 @@ class VLLMBackend:
                 prompts.append({"prompt_token_ids": ids})
         outputs = self.llm.generate(prompts, [self._params(sampling[i]) for i in fit], use_tqdm=False) if fit else []
         raw = not has_template(self.tokenizer)
-        for i, o in zip(fit, outputs):
+        self.usage = [None] * len(out)  # [input, output] tokens per call (refused ones: none)
+        for prompt, i, o in zip(prompts, fit, outputs):
             out[i] = raw_reply(o.outputs[0].text) if raw else o.outputs[0].text.strip()
+            self.usage[i] = [len(prompt["prompt_token_ids"]), len(o.outputs[0].token_ids)]
         if progress:
             progress(len(out))
         return out
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         progress: Progress | None = None) -> list[list[float]]:
-        return score_spellings(self.tokenizer, self._scores, conversations, choices, progress)
+        scores = score_spellings(self.tokenizer, self._scores, conversations, choices, progress)
+        self.usage = [[len(prompt_ids(self.tokenizer, c)), 0] for c in conversations]
+        return scores
 
     def _scores(self, conversations: Sequence[Conversation], choices: Sequence[str],
                 progress: Progress | None = None) -> list[list[float]]:
