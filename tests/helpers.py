@@ -203,6 +203,7 @@ class Stub:
         self.attempts: dict[str, int] = {}
         self.bodies: list[str] = []  # every request's messages and settings, in arrival order
         self.arrivals: list[float] = []  # time.monotonic() of each request
+        self.usage: list[list[int]] = []  # [prompt, completion] tokens each answer reported
         self.in_flight = self.max_in_flight = self.requests = 0
         self.bad_auth = 0
         stub = self
@@ -239,13 +240,18 @@ class Stub:
                     if stub.reasoning:
                         msg["reasoning_content"] = stub.reasoning(last)
                     choice = {"index": 0, "message": msg, "finish_reason": "stop"}
+                    used = [len(json.dumps(body["messages"])) // 4, len(msg["content"].split())]
+                    with stub.lock:
+                        stub.usage.append(used)
                     if body.get("logprobs") and stub.logprobs:
                         pairs = stub.logprobs if isinstance(stub.logprobs, list) else [(" A", -0.2), (" B", -1.8)]
                         top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in pairs]
                         choice["logprobs"] = {"content": [{"token": " A", "logprob": -0.2, "bytes": None,
                                                            "top_logprobs": top}]}
                     self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
-                                     "model": stub.model, "choices": [choice]})
+                                     "model": stub.model, "choices": [choice],
+                                     "usage": {"prompt_tokens": used[0], "completion_tokens": used[1],
+                                               "total_tokens": sum(used)}})
                 finally:
                     with stub.lock:
                         stub.in_flight -= 1

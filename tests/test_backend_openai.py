@@ -161,7 +161,7 @@ def test_rpm_and_tpm_pace_requests_however_many_are_in_flight(stub):
     gaps = [b - a for a, b in zip(stub.arrivals, stub.arrivals[1:])]
     assert min(gaps) > 0.08  # 600 a minute: one every 0.1 s, though 8 could be in flight
     # tpm: each request is estimated at 2 (text) + 4 (markers) + 34 (reply) = 40 tokens; 2400 a minute: one a second.
-    # The stub reports no usage, so the estimate stands.
+    # All three take their slots before any answer's usage could correct the estimate.
     start = len(stub.arrivals)
     backend = create("openai", model="stub-model", base_url=stub.url, concurrency=8, tpm=2400)
     backend.chat([[{"role": "user", "content": "hi there"}]] * 3, [Sampling(max_new_tokens=34)] * 3)

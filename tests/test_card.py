@@ -50,6 +50,7 @@ def test_card_uses_judge_ties_and_audit_when_present(tmp_path):
     run = json.loads((out / "run.json").read_text())
     run["judge"] = {"backend": "transformers", "spec": "embedded", "identity": "hf:SmolLM2@abc123", "same_as_policy": True}
     run["counts"].update(ties=3, judge_malformed=1, comparisons=24)
+    run["cost"] = {"usd": 1.25, "saved_usd": 0.5, "models": {}}
     (out / "run.json").write_text(json.dumps(run))
     report = {k: {"measured": True, "summary": f"{k} figure 0.61 [0.52, 0.70], n=40"} for k in AUDIT_KEYS}
     report["calibration"] = {"measured": False, "summary": "no pairs with a known better answer"}
@@ -59,6 +60,9 @@ def test_card_uses_judge_ties_and_audit_when_present(tmp_path):
     text = DatasetCard.load(tmp_path / "up" / "README.md").text
     assert "hf:SmolLM2@abc123" in text and "same model as the policy" in text
     assert "judge ties (no preference): 3" in text and "malformed judge answers: 1" in text
+    t = run["tokens"]["total"]  # counted by the run itself; the cost is this test's
+    assert (f"tokens: {t['input']} input and {t['output']} output spent, 0 input and 0 output saved by the cache "
+            "($1.2500; $0.5000 saved)") in text
     for k in AUDIT_KEYS[:-1]:
         assert f"**{k}**: {k} figure 0.61" in text
     assert "**calibration**: not measured (no pairs with a known better answer)" in text

@@ -98,6 +98,8 @@ def test_a_ray_run_gives_the_local_runs_records_and_dataset(cluster, tmp_path, s
     assert _rows(tmp_path / "local") == _rows(tmp_path / "ray") != {}
     assert remote["counts"]["model_calls"] == local["counts"]["model_calls"] > 0
     assert remote["counts"]["pairs"] == local["counts"]["pairs"]
+    for key in ("total", "stages", "models"):  # tokens, summed over workers
+        assert remote["tokens"][key] == local["tokens"][key]
     assert remote["engine"]["kind"] == "ray" and remote["engine"]["nodes"] == 2
     assert len(_nodes_used(remote)) == 2  # both nodes took blocks
     assert sum(w["examples"] for w in remote["engine"]["workers"]) == 24

@@ -98,6 +98,16 @@ def test_cai_generate_end_to_end(tmp_path):
     if pairs:
         ds = datasets.load_dataset(str(out / "dataset"))
         assert [i for split in ds.values() for i in split["id"]] == [red["id"]]
+    # Tokens are the model's own: the respond step's output is the answers' tokens, give or take EOS
+    # and a decode-then-encode round trip (not words, about a third fewer).
+    from transformers import AutoTokenizer
+
+    from cai import models
+
+    tok = AutoTokenizer.from_pretrained(models.embedded_checkpoint().path)
+    answers = sum(len(tok(r["initial"], add_special_tokens=False)["input_ids"]) for r in records.values())
+    assert abs(run["tokens"]["stages"]["respond"]["output"] - answers) <= 0.05 * answers + 2 * len(records)
+    assert run["tokens"]["stages"]["respond"]["input"] > sum(len(tok(r["prompt"])["input_ids"]) for r in records.values())
     # The same command again resumes: nothing left to compute.
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0
