@@ -135,6 +135,14 @@ class Cache:
         )
         self._db.execute("COMMIT")
 
+    def usage_by_model(self) -> dict[str, tuple[int, int]]:
+        """model -> (input, output) tokens of every call stored with its usage (a budget's spent so far)."""
+        if not self._conn() or not self._usage_column:
+            return {}
+        rows = self._db.execute("SELECT model, SUM(json_extract(usage, '$[0]')), SUM(json_extract(usage, '$[1]')) "
+                                "FROM calls WHERE usage IS NOT NULL GROUP BY model")
+        return {m: (int(i or 0), int(o or 0)) for m, i, o in rows}
+
     def delete_many(self, keys: Iterable[str]) -> None:
         """Drop entries (a Ray worker's spool, once the driver's cache holds them)."""
         keys = list(keys)

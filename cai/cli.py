@@ -109,6 +109,8 @@ def generate(
     plan: bool = typer.Option(False, "--plan", help="Print which records and model calls the run would recompute (e.g. after a constitution edit), as JSON on stdout; load no model, write nothing."),
     engine: Optional[str] = typer.Option(None, help="local (default: this process) or ray: the same stages on a Ray cluster's workers, one per node unless --ray-workers; records, cache and resume as local (README: Scale out; needs cai-engine[ray])."),
     ray_address: Optional[str] = typer.Option(None, help="ray.address: auto (the running cluster: RAY_ADDRESS or `ray start` on this machine), local (a private one-machine cluster), HOST:PORT or ray://HOST:PORT."),
+    max_cost: Optional[float] = typer.Option(None, help="Stop before a chunk that would take the run folder's spending (everything its cache cost, earlier runs included) over this many USD, priced by the models' options.price; records so far are kept, exit 1; run again with a higher --max-cost to continue."),
+    token_budget: Optional[int] = typer.Option(None, help="The same with input + output tokens of every model (not a per-request limit)."),
     ray_workers: Optional[int] = typer.Option(None, help="ray.workers: worker actors, each with its own backends (default: one per node; vLLM on GPUs: one per TP x DP GPUs)."),
 ):
     """Respond, critique and revise each prompt against sampled principles (SL-CAI); write records and a TRL-ready dataset."""
@@ -122,7 +124,8 @@ def generate(
             model=model, backend=backend, base_url=base_url, limit=limit, rounds=rounds, batch_size=batch_size, threads=threads,
             seed=seed, out=str(out) if out else None, cache=False if no_cache else None,
             feedback=feedback, judge_model=judge_model, judge_backend=judge_backend, judge_base_url=judge_base_url,
-            engine=engine, ray_address=ray_address, ray_workers=ray_workers,
+            engine=engine, ray_address=ray_address, ray_workers=ray_workers, max_cost=max_cost,
+            token_budget=token_budget,
         )
         if plan:
             from cai import plan as planning
@@ -138,7 +141,7 @@ def generate(
     _say(describe(summary))
     if summary["counts"]["records"]:  # no dataset to point at when every prompt failed
         print(config.resolved_out() / summary["dataset_path"])
-    if summary["counts"]["failed"]:
+    if summary["counts"]["failed"] or summary.get("stopped"):
         raise typer.Exit(1)
 
 

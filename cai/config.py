@@ -117,6 +117,10 @@ class PipelineConfig(_WithMovedKeys):
     constitution: str
     prompts: list[PromptSource] = Field(min_length=1)
     limit: int | None = Field(None, gt=0)
+    # Budgets over the run folder (everything its cache has cost, earlier runs included): the run stops
+    # before a chunk that would cross one, keeps what it made, and continues when run with a higher one.
+    token_budget: int | None = Field(None, gt=0)  # input + output tokens of every model
+    max_cost: float | None = Field(None, gt=0)  # USD, from the models' options.price
     policy: ModelSpec = model_spec()  # answers, critiques and revises
     judge: ModelSpec | None = None  # AI feedback and `cai audit`; None: the policy model judges
     chunk_size: int = Field(256, gt=0)  # examples per stage batch and per record shard

@@ -40,6 +40,7 @@ class Stats:
     failed: int = 0  # examples left pending because a call failed; retried by the next run
     failed_calls: int = 0
     errors: list = field(default_factory=list)  # a few (stage, error) samples for run.json
+    stopped: str | None = None  # why the run stopped early (a budget), with how to continue
     stage_seconds: Counter = field(default_factory=Counter)
     tokens: dict = field(default_factory=dict)  # step kind -> Counter(input, output, saved_input, saved_output)
     model_tokens: dict = field(default_factory=dict)  # model identity -> the same
@@ -83,6 +84,7 @@ class Engine:
         # Judge steps whose size is known only chunk by chunk (their bars grow as they go).
         self.open_ended = {st for st in self.step_names() if st.startswith("judge")}
         self.stats = Stats()
+        self.budget = None  # a cai.usage.Budget, when the run has one
         self.fingerprint = self._fingerprint()
 
     def reset_counts(self) -> None:
@@ -170,11 +172,20 @@ class Engine:
         size = self.config.chunk_size
         try:
             for start in range(0, len(todo), size):
+                if self.over_budget(start, len(todo[start:start + size]), len(todo) - start):
+                    break
                 self.keep(self.process(todo[start:start + size]))
         finally:
             self.collect_stats()
             self.cache.close()
         return self.stats
+
+    def over_budget(self, done: int, next_n: int, left: int) -> bool:
+        """Whether the budget (set by the generate job) stops the run before the next `next_n` prompts."""
+        if self.budget is None:
+            return False
+        self.stats.stopped = self.budget.stop_before(self.calls.model_tokens, done, next_n, left)
+        return self.stats.stopped is not None
 
     @property
     def load_seconds(self) -> float:

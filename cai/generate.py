@@ -46,6 +46,9 @@ def check_inputs(config: PipelineConfig):
         problems += exc.problems
     notes = settle_backends(config, len(examples or ()), sum(bool(e.get("kept")) for e in examples or ()))
     problems += overlong_prompts(config, examples)  # each prompt must fit the policy model whole
+    if config.max_cost and not usage.prices(config):
+        problems.append(Problem("--max-cost", None, "", "no model has a price: set options.price "
+                                "{input_per_mtok, output_per_mtok} (USD per million tokens) on the policy or judge"))
     if config.engine == "ray" and importlib.util.find_spec("ray") is None:
         problems.append(Problem("engine", None, "", "engine ray needs Ray: pip install 'cai-engine[ray]'"))
     if problems:
@@ -139,6 +142,9 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
     damaged_versions = dataset_versions.quarantine(out)
     write_json(out / "run.json", summary)
     priced, estimate = usage.prices(config), _estimate(config, constitution, examples)
+    if config.token_budget or config.max_cost:
+        engine.budget = usage.Budget(config.token_budget, config.max_cost, priced,
+                                     usage.spent_in_cache(engine.cache, priced), estimate)
     try:
         stats = engine.run(examples)
     except BaseException as exc:
@@ -158,7 +164,8 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
     # Keep this build as versions/<sha12> too, so an earlier constitution's dataset survives an edit.
     dataset_versions.snapshot(out, constitution, engine.current_records(examples), built)
     summary.update(
-        status="incomplete" if stats.failed else "complete", finished=time.time(),
+        status="stopped" if stats.stopped else "incomplete" if stats.failed else "complete", finished=time.time(),
+        stopped=stats.stopped,
         counts={**_counts(stats, len(examples)), **built},
         backend_stats=engine.backend_stats("policy"),
         judge_backend_stats=engine.backend_stats("judge") if judge is not None else None,
@@ -187,7 +194,9 @@ def _estimate(config: PipelineConfig, constitution, examples: list[dict]) -> dic
 
     if len(examples) > ESTIMATE_LIMIT:
         return None
-    return plan.play(config, constitution, examples)["tokens"]["total"]
+    planned = plan.play(config, constitution, examples)
+    return {**planned["tokens"]["total"], **({"usd": planned["cost"]["usd"]} if "cost" in planned else {}),
+            "prompts": planned["records_rebuilt"]}
 
 
 def _unsent_penalty(config: PipelineConfig) -> list[str]:
@@ -230,6 +239,8 @@ def describe(summary: dict) -> list[tuple[str, str]]:
         why = (f"all {c['records']} records flagged ({flagged})" if c.get("flagged_records") == c["records"]
                else f"no pair of the {c['records']} records passed the quality gates and the judge")
         lines.append(("warning", f"0 pairs: {why}; see run.json and records/ for the reasons"))
+    if summary.get("stopped"):
+        lines.append(("error", summary["stopped"]))
     if c["failed"]:
         first = c["errors"][0]
         share = f"all {c['failed']}" if c["failed"] == c["prompts"] else str(c["failed"])

@@ -137,6 +137,7 @@ class RayEngine:
         replay_judge = _Replay(judge.identity) if judge is not None else None
         self.local = Engine(config, constitution, _Replay(policy.identity), out, progress, judge=replay_judge)
         self.fingerprint, self.store, self.stats = self.local.fingerprint, self.local.store, self.local.stats
+        self.cache, self.budget = self.local.cache, None
         self.load_seconds = 0.0
         self.workers: dict[int, dict] = {}  # index -> where it runs and what it did
         self.info: dict = {"kind": "ray", "address": config.ray.address}
@@ -199,11 +200,18 @@ class RayEngine:
         size = self.config.ray.block_size or min(self.config.chunk_size,
                                                  math.ceil(len(todo) / (2 * len(actors))))
         blocks = deque(todo[i:i + size] for i in range(0, len(todo), size))
-        flying: dict = {}
+        flying: dict = {}  # ref -> (actor, examples in its block)
 
         def submit(actor) -> None:
+            if self.budget is not None and not self.stats.stopped:  # blocks in flight count as next
+                landed = self.stats.generated + self.stats.failed
+                ahead = sum(n for _, n in flying.values()) + len(blocks[0])
+                self.stats.stopped = self.budget.stop_before(self.stats.model_tokens, landed, ahead,
+                                                             len(todo) - landed)
+            if self.stats.stopped:
+                return
             block = blocks.popleft()
-            flying[actor.process.remote(block, self._hints(block))] = actor
+            flying[actor.process.remote(block, self._hints(block))] = (actor, len(block))
 
         for actor in actors:
             for _ in range(2):
@@ -211,7 +219,7 @@ class RayEngine:
                     submit(actor)
         while flying:
             ready, _ = ray.wait(list(flying), num_returns=1)
-            actor = flying.pop(ready[0])
+            actor, _ = flying.pop(ready[0])
             self._land(result(ready[0]))
             if blocks:
                 submit(actor)

@@ -258,3 +258,17 @@ def test_workers_follow_the_gpus_and_share_an_apis_budget(monkeypatch, tmp_path)
 
 def _ray_fields() -> dict:
     return {"engine": "ray", "ray": {"address": "127.0.0.1:9"}}
+
+
+def test_a_budget_stops_a_ray_run_between_blocks_and_a_higher_one_continues(cluster, tmp_path):
+    short = {"sampling": {k: {"max_new_tokens": 40} for k in ("respond", "critique", "revise")}}
+    whole = _generate(write_pipeline(tmp_path / "ref", n_prompts=24, **short), helpers.ScriptedBackend("echo"))
+    total = whole["tokens"]["total"]["input"] + whole["tokens"]["total"]["output"]
+    pipeline = write_pipeline(tmp_path / "run", n_prompts=24, **short, **_ray(cluster))
+    first = _generate(pipeline, helpers.ScriptedBackend("echo"), token_budget=int(total * 0.6))
+    spent = first["tokens"]["total"]["input"] + first["tokens"]["total"]["output"]
+    assert first["status"] == "stopped" and "budget reached" in first["stopped"]
+    assert 0 < first["counts"]["records"] < 24 and spent <= total * 0.6, first["stopped"]
+    final = _generate(pipeline, helpers.ScriptedBackend("echo"), token_budget=total * 2)
+    assert final["status"] == "complete" and final["counts"]["records"] == 24
+    assert final["counts"]["resumed"] == first["counts"]["records"]

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 from cai.backends import Conversation, Progress, Sampling
 from cai.backends.specs import identity
+from cai.usage import estimate_input
 
 
 def echo_script(conversation: Conversation) -> str:
@@ -30,8 +31,8 @@ class ScriptedBackend:
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
              progress: Progress | None = None) -> list[str]:
         out = [self.script(c) for c in conversations]
-        # Whitespace words stand in for tokens: the stand-in model has no tokenizer.
-        self.usage = [[sum(len(m["content"].split()) for m in c), len(o.split())] for c, o in zip(conversations, out)]
+        # The stand-in has no tokenizer: tokens as an API's are estimated (~4 characters each).
+        self.usage = [[estimate_input(c), max(1, len(o) // 4)] for c, o in zip(conversations, out)]
         if progress:
             progress(len(out))
         return out
@@ -39,7 +40,7 @@ class ScriptedBackend:
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         progress: Progress | None = None) -> list[list[float]]:
         scores = []
-        self.usage = [[sum(len(m["content"].split()) for m in c), 0] for c in conversations]
+        self.usage = [[estimate_input(c), 0] for c in conversations]
         for conv in conversations:
             text = repr(conv).encode()
             scores.append([-1 - hashlib.sha256(text + c.encode()).digest()[0] / 64 for c in choices])
