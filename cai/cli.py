@@ -109,6 +109,7 @@ def generate(
     plan: bool = typer.Option(False, "--plan", help="Print which records and model calls the run would recompute (e.g. after a constitution edit), as JSON on stdout; load no model, write nothing."),
     engine: Optional[str] = typer.Option(None, help="local (default: this process) or ray: the same stages on a Ray cluster's workers, one per node unless --ray-workers; records, cache and resume as local (README: Scale out; needs cai-engine[ray])."),
     ray_address: Optional[str] = typer.Option(None, help="ray.address: auto (the running cluster: RAY_ADDRESS or `ray start` on this machine), local (a private one-machine cluster), HOST:PORT or ray://HOST:PORT."),
+    batch_api: Optional[bool] = typer.Option(None, "--batch-api", help="policy.options.batch (openai backend): each stage step goes to the provider's Batch API as one request file (half the price, answers within 24 h); the run waits for each, and a rerun re-attaches to batches in flight (README: APIs at scale)."),
     max_cost: Optional[float] = typer.Option(None, help="Stop before a chunk that would take the run folder's spending (everything its cache cost, earlier runs included) over this many USD, priced by the models' options.price; records so far are kept, exit 1; run again with a higher --max-cost to continue."),
     token_budget: Optional[int] = typer.Option(None, help="The same with input + output tokens of every model (not a per-request limit)."),
     ray_workers: Optional[int] = typer.Option(None, help="ray.workers: worker actors, each with its own backends (default: one per node; vLLM on GPUs: one per TP x DP GPUs)."),
@@ -124,7 +125,7 @@ def generate(
             model=model, backend=backend, base_url=base_url, limit=limit, rounds=rounds, batch_size=batch_size, threads=threads,
             seed=seed, out=str(out) if out else None, cache=False if no_cache else None,
             feedback=feedback, judge_model=judge_model, judge_backend=judge_backend, judge_base_url=judge_base_url,
-            engine=engine, ray_address=ray_address, ray_workers=ray_workers, max_cost=max_cost,
+            engine=engine, ray_address=ray_address, ray_workers=ray_workers, max_cost=max_cost, batch_api=batch_api,
             token_budget=token_budget,
         )
         if plan:

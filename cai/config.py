@@ -179,7 +179,7 @@ def _relative_to(base: Path, path: str) -> str:
 # Flags that set a field of a model spec: flag -> (role, field in the spec).
 SPEC_FLAGS = {"model": ("policy", "model"), "backend": ("policy", "backend"),
               "base_url": ("policy", "options.base_url"), "batch_size": ("policy", "options.batch_size"),
-              "threads": ("policy", "options.threads"),
+              "threads": ("policy", "options.threads"), "batch_api": ("policy", "options.batch"),
               "judge_model": ("judge", "model"), "judge_backend": ("judge", "backend"),
               "judge_base_url": ("judge", "options.base_url")}
 

@@ -49,6 +49,12 @@ def check_inputs(config: PipelineConfig):
     if config.max_cost and not usage.prices(config):
         problems.append(Problem("--max-cost", None, "", "no model has a price: set options.price "
                                 "{input_per_mtok, output_per_mtok} (USD per million tokens) on the policy or judge"))
+    batch = [s for s in (config.policy, config.judge) if s is not None and getattr(s.options, "batch", False)]
+    if batch and config.engine == "ray":
+        problems.append(Problem("engine", None, "", "batch endpoints (options.batch) run from one machine: "
+                                "use engine local (a batch already runs at the provider's scale)"))
+    if batch and "chunk_size" not in config.model_fields_set:
+        config.chunk_size = BATCH_CHUNK  # one batch per stage step as long as the provider allows
     if config.engine == "ray" and importlib.util.find_spec("ray") is None:
         problems.append(Problem("engine", None, "", "engine ray needs Ray: pip install 'cai-engine[ray]'"))
     if problems:
@@ -93,6 +99,8 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
         if judge is None and config.feedback.enabled and not config.judge_is_policy():
             judge = LazyBackend(config.judge, "--judge-model")
             owned.append(judge)
+        for b in owned:  # batch ids live in the run folder (re-attached by a rerun)
+            b.use_run_dir(config.resolved_out())
         # One writer per run folder: a second generate on it gets exit 2.
         with lock(config.resolved_out()):
             return _run(config, pipeline_path, backend, constitution, examples, progress, started, judge, notes)
@@ -186,6 +194,7 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
     return summary
 
 
+BATCH_CHUNK = 50_000  # a batch file's request limit
 ESTIMATE_LIMIT = 20_000  # prompts up to which a run plays its plan first (about 8 s at 20k) to estimate tokens
 
 

@@ -30,6 +30,10 @@ def prices(config) -> dict[str, object]:
     found = {}
     for spec, flag in ((config.policy, "--model"), (config.judge_spec(), "--judge-model")):
         price = getattr(spec.options, "price", None)
+        if price is not None and getattr(spec.options, "batch", False):
+            off = 1 - price.batch_discount
+            price = price.model_copy(update={"input_per_mtok": price.input_per_mtok * off,
+                                             "output_per_mtok": price.output_per_mtok * off})
         if price is not None:
             found[spec_identity(spec, flag)] = price
     return found

@@ -298,3 +298,23 @@ def test_a_judge_without_logprobs_votes_against_the_real_server(server, tmp_path
     assert comps and all(c["malformed"] == 0 for c in comps)  # the server kept to the schema
     assert all(round(c["p_first"] * 3, 6) == round(c["p_first"] * 3) for c in comps)  # shares of 3 votes
     print("\nllama.cpp votes:", [(c["p_first"], c["p_second"]) for c in comps])
+
+
+def test_a_batch_run_answered_by_the_real_model_matches_the_online_run(server, tmp_path):
+    """The loopback Batch API answers each request line from the llama.cpp server: greedy, the
+    records equal those of the same pipeline sent online."""
+    from batch_server import BatchServer
+
+    batches = BatchServer(upstream=server)
+    _cai_generate(_api_pipeline(tmp_path, "online", server, limit=3))
+    _cai_generate(_api_pipeline(tmp_path, "batch", batches.url, limit=3, options=", batch: true, batch_poll_seconds: 0.2"))
+    batches.close()
+    run = json.loads((tmp_path / "batch" / "run.json").read_text())
+    assert len(batches.created) == 3 and run["backend_stats"]["requests"] == 0  # respond, critique, revise
+
+    def texts(name):
+        recs = [json.loads(l) for f in sorted((tmp_path / name / "records").glob("shard-*")) for l in open(f)]
+        return sorted((r["id"], r["initial"], json.dumps(r["rounds"]), r["final"]) for r in recs)
+
+    assert texts("batch") == texts("online") and len(texts("online")) == 3
+    assert run["tokens"]["total"]["input"] > 0  # the server's usage, carried in the batch output

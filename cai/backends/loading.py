@@ -109,6 +109,11 @@ class LazyBackend:
     def stats(self) -> dict:
         return dict(getattr(self._backend, "stats", {}) or {})
 
+    def use_run_dir(self, run_dir) -> None:
+        """Tell an API backend its run folder (batch ids); never loads a model for it."""
+        if self.spec.backend not in WEIGHTS and hasattr(self.backend, "use_run_dir"):
+            self.backend.use_run_dir(run_dir)
+
     @property
     def usage(self) -> list | None:
         """[input, output] tokens of each call of the last batch (see CachedBackend)."""

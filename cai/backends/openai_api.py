@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+from pathlib import Path
 from typing import Sequence
 
 import openai
@@ -72,7 +73,8 @@ class OpenAIBackend:
                  concurrency: int = 16, timeout: float = 60.0, max_retries: int = 2,
                  preflight_timeout: float = 10.0, extra_body: dict | None = None,
                  repetition_penalty_field: str | None = None, rpm: float | None = None, tpm: float | None = None,
-                 rate_limit_wait: float = 600.0, structured_output: str = "json_schema", **_):
+                 rate_limit_wait: float = 600.0, structured_output: str = "json_schema", batch: bool = False,
+                 batch_poll_seconds: float = 30.0, **_):
         key = os.environ.get(api_key_env)
         if not key:
             raise MissingAPIKey(f"environment variable {api_key_env} is not set (it holds the API key)")
@@ -88,8 +90,24 @@ class OpenAIBackend:
         # requests: calls made; attempts: HTTP tries, so attempts - requests = the client's retries.
         self.stats = {"requests": 0, "attempts": 0, "retries": 0, "failed": 0, "rate_limited": 0}
         self.pacer, self.rate_limit_wait = Pacer(rpm, tpm), rate_limit_wait
+        self.batch, self.batch_poll = batch, batch_poll_seconds
+        if batch:
+            self.stats.update(batches_submitted=0, batches_reattached=0, batch_requests=0)
+        self.batch_dir = Path(os.environ.get("CAI_CACHE_DIR") or Path.home() / ".cache" / "cai") / "batches"
+        self._batches = None
         self._client_args = dict(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries)
         self._preflight(preflight_timeout)
+
+    def use_run_dir(self, run_dir) -> None:
+        """Batch ids are kept in the run folder, so a rerun there re-attaches to batches in flight."""
+        self.batch_dir = Path(run_dir) / "batches"
+
+    def batches(self):
+        from cai.backends.openai_batch import BatchJobs
+
+        if self._batches is None or self._batches.state_dir != self.batch_dir:
+            self._batches = BatchJobs(self._client_args, self.batch_dir, self.batch_poll, self.stats)
+        return self._batches
 
     def _preflight(self, seconds: float) -> None:
         """Fail in seconds, before any long work, on an unreachable server or an unserved model.
@@ -189,32 +207,53 @@ class OpenAIBackend:
                     "(options.timeout, options.max_retries)")
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
+    def chat_body(self, conv: Conversation, s: Sampling) -> dict:
+        """The request body of one chat call, as sent online or written to a batch file."""
+        body = {"model": self.model, "messages": conv, "max_tokens": s.max_new_tokens, "temperature": s.temperature,
+                "top_p": s.top_p, **self.extra_body}
+        if not s.greedy and s.seed is not None:
+            body["seed"] = s.seed
+        if s.schema == "choice" and self.structured_output != "off":
+            body["response_format"] = CHOICE_FORMATS[self.structured_output]
+        if self.penalty_field and s.repetition_penalty != 1.0:
+            body[self.penalty_field] = s.repetition_penalty
+        return body
+
+    def score_body(self, conv: Conversation) -> dict:
+        return {"model": self.model, "messages": conv, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
+                "top_logprobs": 20, **self.extra_body}
+
+    def _online(self, bodies: list[dict], parse, progress, unit: int, on_result) -> list:
+        def job(body: dict):
+            async def call(client):
+                known = {k: v for k, v in body.items() if k in _CLIENT_ARGS}
+                resp = await client.chat.completions.create(
+                    **known, extra_body={k: v for k, v in body.items() if k not in _CLIENT_ARGS} or None)
+                return parse(resp)
+            return call, estimate_tokens(body["messages"], body["max_tokens"])
+
+        return self._run([job(b) for b in bodies], progress, unit=unit, on_result=on_result)
+
+    def _answer(self, bodies: list[dict], parse, progress, unit: int, on_result) -> list:
+        if not self.batch:
+            return self._online(bodies, parse, progress, unit, on_result)
+        from openai.types.chat import ChatCompletion
+
+        out, self.usage = [], []
+        for result in self.batches().run(bodies, progress, unit):
+            try:
+                value, used = (result, None) if isinstance(result, CallFailed) else parse(
+                    ChatCompletion.model_validate(result))
+            except (ValueError, TypeError) as exc:
+                value, used = CallFailed(str(exc)), None
+            out.append(value)
+            self.usage.append(used)
+        return out
+
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[Sampling],
              progress: Progress | None = None, on_result=None) -> list[str | CallFailed]:
-        def job(conv, s: Sampling):
-            async def call(client):
-                extra = {"seed": s.seed} if not s.greedy and s.seed is not None else {}
-                if s.schema == "choice" and self.structured_output != "off":
-                    extra["response_format"] = CHOICE_FORMATS[self.structured_output]
-                body = dict(self.extra_body)
-                if self.penalty_field and s.repetition_penalty != 1.0:
-                    body[self.penalty_field] = s.repetition_penalty
-                resp = await client.chat.completions.create(
-                    model=self.model, messages=conv, max_tokens=s.max_new_tokens,
-                    temperature=s.temperature, top_p=s.top_p, extra_body=body or None, **extra,
-                )
-                used = _usage(resp)
-                message = resp.choices[0].message
-                extra = message.model_extra or {}
-                # Reasoning models' thinking (DeepSeek, vLLM: reasoning_content; others: reasoning).
-                thinking = extra.get("reasoning_content") or extra.get("reasoning") or getattr(message, "reasoning", None)
-                if message.content is None:
-                    raise ValueError("the model spent max_new_tokens thinking and gave no answer: raise max_new_tokens"
-                                     if thinking else "the server returned no message content")
-                return wrap(thinking if isinstance(thinking, str) else None, message.content.strip()), used
-            return call, estimate_tokens(conv, s.max_new_tokens)
-
-        return self._run([job(c, s) for c, s in zip(conversations, sampling)], progress, on_result=on_result)
+        return self._answer([self.chat_body(c, s) for c, s in zip(conversations, sampling)], parse_reply,
+                            progress, 1, on_result)
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         progress: Progress | None = None, on_result=None) -> list[list[float] | CallFailed]:
@@ -225,21 +264,34 @@ class OpenAIBackend:
         first token (" A" / " B", not "(A)" / "(B)"). A choice outside the top 20
         gets a log-probability below every listed one.
         """
-        def job(conv):
-            async def call(client):
-                resp = await client.chat.completions.create(
-                    model=self.model, messages=conv, max_tokens=1, temperature=0.0,
-                    logprobs=True, top_logprobs=20, extra_body=self.extra_body or None,
-                )
-                content = resp.choices[0].logprobs and resp.choices[0].logprobs.content
-                if not content:
-                    raise ValueError("the server returned no logprobs: it cannot judge with soft labels")
-                top: dict[str, float] = {}  # " A" and "A" are one answer: their probabilities add
-                for t in content[0].top_logprobs:
-                    key = t.token.strip()
-                    top[key] = logaddexp(top[key], t.logprob) if key in top else t.logprob
-                floor = min(top.values(), default=0.0) - math.log(2)
-                return [top.get(c.strip(), floor) for c in choices], _usage(resp)
-            return call, estimate_tokens(conv, 1)
+        return self._answer([self.score_body(c) for c in conversations], lambda resp: parse_scores(resp, choices),
+                            progress, len(choices), on_result)
 
-        return self._run([job(c) for c in conversations], progress, unit=len(choices), on_result=on_result)
+
+# Request fields the openai client takes as arguments; the rest of a body goes as extra_body.
+_CLIENT_ARGS = {"model", "messages", "max_tokens", "temperature", "top_p", "seed", "response_format", "logprobs",
+                "top_logprobs"}
+
+
+def parse_reply(resp) -> tuple[str, list[int] | None]:
+    """A chat completion's answer (a reasoning model's thinking wrapped in front) and its usage."""
+    message = resp.choices[0].message
+    extra = message.model_extra or {}
+    # Reasoning models' thinking (DeepSeek, vLLM: reasoning_content; others: reasoning).
+    thinking = extra.get("reasoning_content") or extra.get("reasoning") or getattr(message, "reasoning", None)
+    if message.content is None:
+        raise ValueError("the model spent max_new_tokens thinking and gave no answer: raise max_new_tokens"
+                         if thinking else "the server returned no message content")
+    return wrap(thinking if isinstance(thinking, str) else None, message.content.strip()), _usage(resp)
+
+
+def parse_scores(resp, choices: Sequence[str]) -> tuple[list[float], list[int] | None]:
+    content = resp.choices[0].logprobs and resp.choices[0].logprobs.content
+    if not content:
+        raise ValueError("the server returned no logprobs: it cannot judge with soft labels")
+    top: dict[str, float] = {}  # " A" and "A" are one answer: their probabilities add
+    for t in content[0].top_logprobs:
+        key = t.token.strip()
+        top[key] = logaddexp(top[key], t.logprob) if key in top else t.logprob
+    floor = min(top.values(), default=0.0) - math.log(2)
+    return [top.get(c.strip(), floor) for c in choices], _usage(resp)

@@ -46,6 +46,7 @@ class Price(StrictModel):
 
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    batch_discount: float = Field(0.5, ge=0, lt=1)  # off both prices with options.batch (OpenAI: 50 %)
 
 
 class OpenAIOptions(StrictModel):
@@ -76,6 +77,10 @@ class OpenAIOptions(StrictModel):
     # json_object with a schema (llama-cpp-python's server), or off (the strict parse of the reply remains).
     structured_output: Literal["json_schema", "json_object", "off"] = "json_schema"
     price: Price | None = None  # e.g. {input_per_mtok: 0.15, output_per_mtok: 0.6}
+    # The provider's Batch API (half the price, answers within 24 h): each stage step of a chunk is one
+    # batch; the run waits, polling every batch_poll_seconds, and re-attaches to batches in flight.
+    batch: bool = False
+    batch_poll_seconds: float = Field(30.0, gt=0)
 
 
 class ScriptedOptions(StrictModel):
