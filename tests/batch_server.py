@@ -100,10 +100,12 @@ class BatchServer:
 
     def _answer(self, body: dict) -> dict:
         if self.upstream is None:
-            text = "echo: " + body["messages"][-1]["content"]  # as helpers.Stub answers
+            text = "echo: " + body["messages"][-1]["content"]  # as helpers.Stub answers, and counts
+            prompt = len(json.dumps(body["messages"])) // 4
             return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()), "total_tokens": 10 + len(text.split())}}
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
+                              "total_tokens": prompt + len(text.split())}}
         req = urllib.request.Request(self.upstream + "/chat/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=600) as resp:
