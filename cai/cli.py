@@ -109,6 +109,8 @@ def generate(
     plan: bool = typer.Option(False, "--plan", help="Print which records and model calls the run would recompute (e.g. after a constitution edit), as JSON on stdout; load no model, write nothing."),
     engine: Optional[str] = typer.Option(None, help="local (default: this process) or ray: the same stages on a Ray cluster's workers, one per node unless --ray-workers; records, cache and resume as local (README: Scale out; needs cai-engine[ray])."),
     ray_address: Optional[str] = typer.Option(None, help="ray.address: auto (the running cluster: RAY_ADDRESS or `ray start` on this machine), local (a private one-machine cluster), HOST:PORT or ray://HOST:PORT."),
+    export_batch: Optional[Path] = typer.Option(None, "--export-batch", help="Write the next stage's calls of every pending prompt as an OpenAI batch request file (DIR/requests.jsonl) instead of calling a model; records that need nothing more are stored. Answer it anywhere (vllm run-batch, a provider's Batch API), --import-batch the results, repeat (README: APIs at scale)."),
+    import_batch: Optional[Path] = typer.Option(None, "--import-batch", help="Put the answers of a batch results file (vllm run-batch's output format) into the run's cache, then exit."),
     batch_api: Optional[bool] = typer.Option(None, "--batch-api", help="policy.options.batch (openai backend): each stage step goes to the provider's Batch API as one request file (half the price, answers within 24 h); the run waits for each, and a rerun re-attaches to batches in flight (README: APIs at scale)."),
     max_cost: Optional[float] = typer.Option(None, help="Stop before a chunk that would take the run folder's spending (everything its cache cost, earlier runs included) over this many USD, priced by the models' options.price; records so far are kept, exit 1; run again with a higher --max-cost to continue."),
     token_budget: Optional[int] = typer.Option(None, help="The same with input + output tokens of every model (not a per-request limit)."),
@@ -128,6 +130,18 @@ def generate(
             engine=engine, ray_address=ray_address, ray_workers=ray_workers, max_cost=max_cost, batch_api=batch_api,
             token_budget=token_budget,
         )
+        if import_batch:
+            from cai.batch_files import import_results, needs_openai
+            from cai.rundir import claim
+
+            needs_openai(config)
+            with claim(config.resolved_out()):
+                got = import_results(config, import_batch)
+            _say([("info", f"{got['imported']} answers imported into {config.resolved_out() / 'cache.sqlite'}; "
+                           f"{got['failed']} failed requests left to export again"
+                           + "".join(f"; {e}" for e in got["errors"][:2])
+                           + "; now run with --export-batch for the next stage")])
+            return
         if plan:
             from cai import plan as planning
 
@@ -136,13 +150,13 @@ def generate(
             print(json.dumps(planned, indent=2))
             return
         with StageProgress(err) as progress:
-            summary = run(config, str(pipeline) if pipeline else None, progress=progress)
+            summary = run(config, str(pipeline) if pipeline else None, progress=progress, export_to=export_batch)
     from cai.generate import describe
 
     _say(describe(summary))
     if summary["counts"]["records"]:  # no dataset to point at when every prompt failed
         print(config.resolved_out() / summary["dataset_path"])
-    if summary["counts"]["failed"] or summary.get("stopped"):
+    if (summary["counts"]["failed"] and "exported" not in summary) or summary.get("stopped"):
         raise typer.Exit(1)
 
 

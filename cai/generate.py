@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import time
 
-from cai import __version__, dataset, usage
+from cai import __version__, batch_files, dataset, usage
 from cai import versions as dataset_versions
 from cai.backends import auto
 from cai.backends.context import overlong_prompts
@@ -79,7 +79,7 @@ def settle_backends(config: PipelineConfig, n_prompts: int, n_kept: int = 0) -> 
 
 
 def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=None,
-             progress: StageProgress | None = None, judge=None) -> dict:
+             progress: StageProgress | None = None, judge=None, export_to=None) -> dict:
     """Run (or resume) a pipeline; return the summary also written to run.json.
 
     `backend`/`judge` are used as given (and left open); otherwise made from the config's specs,
@@ -88,6 +88,12 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
     """
     started = time.time()
     check_out(config.resolved_out())  # first: it is instant, and counting prompts resolves the model
+    if export_to is not None:  # the calls go to a batch file instead of a model (cai/batch_files.py)
+        batch_files.needs_openai(config)
+        export_to, exported = batch_files.check_folder(export_to), []
+        backend = batch_files.Exporter(config.policy, "policy", exported)
+        if config.feedback.enabled and not config.judge_is_policy():
+            judge = batch_files.Exporter(config.judge, "judge", exported)
     constitution, examples, notes = check_inputs(config)
     for note in notes if progress is not None else ():
         progress.say(note)
@@ -103,7 +109,12 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
             b.use_run_dir(config.resolved_out())
         # One writer per run folder: a second generate on it gets exit 2.
         with lock(config.resolved_out()):
-            return _run(config, pipeline_path, backend, constitution, examples, progress, started, judge, notes)
+            summary = _run(config, pipeline_path, backend, constitution, examples, progress, started, judge, notes)
+            if export_to is not None:
+                path = batch_files.write_requests(export_to, exported)
+                summary["exported"] = {"requests": len(exported), "path": str(path)}
+                write_json(config.resolved_out() / "run.json", summary)
+            return summary
     finally:
         close(*owned)
 
@@ -250,6 +261,8 @@ def describe(summary: dict) -> list[tuple[str, str]]:
         lines.append(("warning", f"0 pairs: {why}; see run.json and records/ for the reasons"))
     if summary.get("stopped"):
         lines.append(("error", summary["stopped"]))
+    if "exported" in summary:
+        return lines + [("info", _export_line(summary))]
     if c["failed"]:
         first = c["errors"][0]
         share = f"all {c['failed']}" if c["failed"] == c["prompts"] else str(c["failed"])
@@ -259,3 +272,12 @@ def describe(summary: dict) -> list[tuple[str, str]]:
         lines.append(("error", f"{share} prompts failed and are left for the next run (first: {first['id']} at "
                                f"{first['stage']}: {first['error']}); {retry}"))
     return lines
+
+
+def _export_line(summary: dict) -> str:
+    e = summary["exported"]
+    if not e["requests"]:
+        return "nothing left to export: every call is in the cache and the run is complete"
+    return (f"{e['requests']} requests for {summary['counts']['failed']} prompts written to {e['path']}: answer them "
+            f"(e.g. vllm run-batch -i {e['path']} -o results.jsonl --model MODEL, or a provider's Batch API), "
+            "then run with --import-batch results.jsonl, then --export-batch again for the next stage")

