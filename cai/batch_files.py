@@ -62,13 +62,13 @@ class Exporter:
         return CallFailed(EXPORTED)
 
     def chat(self, conversations, sampling, progress=None):
-        from cai.backends.openai_api import chat_request
+        from cai.backends.openai_wire import chat_request
 
         return [self._write("chat", call_key(self.identity, "chat", c, s.key()),
                             chat_request(self.spec.model, self.spec.options, c, s)) for c, s in zip(conversations, sampling)]
 
     def choice_logprobs(self, conversations, choices, progress=None):
-        from cai.backends.openai_api import score_request
+        from cai.backends.openai_wire import score_request
 
         return [self._write("choices", call_key(self.identity, "choices", c, {"choices": list(choices)}),
                             score_request(self.spec.model, self.spec.options.extra_body, c)) for c in conversations]
@@ -87,7 +87,7 @@ def import_results(config, results: str | Path) -> dict:
     from openai.types.chat import ChatCompletion
 
     from cai.backends.loading import spec_identity
-    from cai.backends.openai_api import parse_reply, parse_scores
+    from cai.backends.openai_wire import parse_reply, parse_scores
     from cai.judge import CHOICES
 
     identities = {"policy": spec_identity(config.policy), "judge": spec_identity(config.judge_spec(), "--judge-model")}

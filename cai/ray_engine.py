@@ -31,7 +31,7 @@ from cai import __version__, spool
 from cai.backends import CallFailed
 from cai.backends.loading import LazyBackend, close
 from cai.engine import Engine, Stats
-from cai.errors import InputError, Problem
+from cai.errors import InputError
 
 
 class _Replay:

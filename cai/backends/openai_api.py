@@ -14,17 +14,16 @@ from the environment variable the pipeline names and lives only in the client.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 from pathlib import Path
 from typing import Sequence
 
 import openai
 
-from cai.backends import CallFailed, Conversation, Progress, Sampling, logaddexp
+from cai.backends import CallFailed, Conversation, Progress, Sampling
+from cai.backends.openai_wire import CLIENT_ARGS, chat_request, parse_reply, parse_scores, score_request
 from cai.backends.ratelimit import Pacer, estimate_tokens, retry_after
 from cai.backends.specs import identity
-from cai.reasoning import wrap
 
 
 class MissingAPIKey(ValueError):
@@ -50,19 +49,6 @@ async def _unless(stop: asyncio.Event, call):
         task.cancel()
         raise _Stopped
     return task.result()
-
-
-# A judge's vote, enforced by servers with structured output: OpenAI's form (OpenAI, vLLM) and
-# llama-cpp-python's (json_object with a schema).
-_CHOICE = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["A", "B"]}},
-           "required": ["answer"], "additionalProperties": False}
-CHOICE_FORMATS = {"json_schema": {"type": "json_schema", "json_schema": {"name": "choice", "strict": True, "schema": _CHOICE}},
-                  "json_object": {"type": "json_object", "schema": _CHOICE}}
-
-
-def _usage(resp) -> list[int] | None:
-    u = resp.usage
-    return [u.prompt_tokens, u.completion_tokens] if u and u.prompt_tokens is not None else None
 
 
 class OpenAIBackend:
@@ -218,9 +204,9 @@ class OpenAIBackend:
     def _online(self, bodies: list[dict], parse, progress, unit: int, on_result) -> list:
         def job(body: dict):
             async def call(client):
-                known = {k: v for k, v in body.items() if k in _CLIENT_ARGS}
+                known = {k: v for k, v in body.items() if k in CLIENT_ARGS}
                 resp = await client.chat.completions.create(
-                    **known, extra_body={k: v for k, v in body.items() if k not in _CLIENT_ARGS} or None)
+                    **known, extra_body={k: v for k, v in body.items() if k not in CLIENT_ARGS} or None)
                 return parse(resp)
             return call, estimate_tokens(body["messages"], body["max_tokens"])
 
@@ -258,52 +244,3 @@ class OpenAIBackend:
         """
         return self._answer([self.score_body(c) for c in conversations], lambda resp: parse_scores(resp, choices),
                             progress, len(choices), on_result)
-
-
-def chat_request(model: str, options, conv: Conversation, s: Sampling) -> dict:
-    """The request body of one chat call, as sent online or written to a batch file. `options`: the
-    spec's options (or a dict of extra_body, repetition_penalty_field, structured_output)."""
-    get = options.get if isinstance(options, dict) else lambda k: getattr(options, k)
-    body = {"model": model, "messages": conv, "max_tokens": s.max_new_tokens, "temperature": s.temperature,
-            "top_p": s.top_p, **(get("extra_body") or {})}
-    if not s.greedy and s.seed is not None:
-        body["seed"] = s.seed
-    if s.schema == "choice" and get("structured_output") != "off":
-        body["response_format"] = CHOICE_FORMATS[get("structured_output")]
-    if get("repetition_penalty_field") and s.repetition_penalty != 1.0:
-        body[get("repetition_penalty_field")] = s.repetition_penalty
-    return body
-
-
-def score_request(model: str, extra_body: dict | None, conv: Conversation) -> dict:
-    return {"model": model, "messages": conv, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
-            "top_logprobs": 20, **(extra_body or {})}
-
-
-# Request fields the openai client takes as arguments; the rest of a body goes as extra_body.
-_CLIENT_ARGS = {"model", "messages", "max_tokens", "temperature", "top_p", "seed", "response_format", "logprobs",
-                "top_logprobs"}
-
-
-def parse_reply(resp) -> tuple[str, list[int] | None]:
-    """A chat completion's answer (a reasoning model's thinking wrapped in front) and its usage."""
-    message = resp.choices[0].message
-    extra = message.model_extra or {}
-    # Reasoning models' thinking (DeepSeek, vLLM: reasoning_content; others: reasoning).
-    thinking = extra.get("reasoning_content") or extra.get("reasoning") or getattr(message, "reasoning", None)
-    if message.content is None:
-        raise ValueError("the model spent max_new_tokens thinking and gave no answer: raise max_new_tokens"
-                         if thinking else "the server returned no message content")
-    return wrap(thinking if isinstance(thinking, str) else None, message.content.strip()), _usage(resp)
-
-
-def parse_scores(resp, choices: Sequence[str]) -> tuple[list[float], list[int] | None]:
-    content = resp.choices[0].logprobs and resp.choices[0].logprobs.content
-    if not content:
-        raise ValueError("the server returned no logprobs: it cannot judge with soft labels")
-    top: dict[str, float] = {}  # " A" and "A" are one answer: their probabilities add
-    for t in content[0].top_logprobs:
-        key = t.token.strip()
-        top[key] = logaddexp(top[key], t.logprob) if key in top else t.logprob
-    floor = min(top.values(), default=0.0) - math.log(2)
-    return [top.get(c.strip(), floor) for c in choices], _usage(resp)
