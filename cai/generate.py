@@ -106,7 +106,8 @@ def generate(config: PipelineConfig, pipeline_path: str | None = None, backend=N
             judge = LazyBackend(config.judge, "--judge-model")
             owned.append(judge)
         for b in owned:  # batch ids live in the run folder (re-attached by a rerun)
-            b.use_run_dir(config.resolved_out())
+            if hasattr(b, "use_run_dir"):
+                b.use_run_dir(config.resolved_out())
         # One writer per run folder: a second generate on it gets exit 2.
         with lock(config.resolved_out()):
             summary = _run(config, pipeline_path, backend, constitution, examples, progress, started, judge, notes)

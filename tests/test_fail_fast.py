@@ -298,7 +298,7 @@ def test_a_hung_completion_fails_in_timeout_times_tries(hanging):
     assert str(result) == ("APITimeoutError: no answer within 0.5 s, 2 tries "
                            "(options.timeout, options.max_retries)")
     assert 1.0 <= elapsed < 4  # 2 x 0.5 s plus the client's backoff
-    assert backend.stats == {"requests": 1, "attempts": 2, "retries": 1, "failed": 1}
+    assert backend.stats == {"requests": 1, "attempts": 2, "retries": 1, "failed": 1, "rate_limited": 0}
 
 
 def test_a_server_that_stops_answering_is_not_sent_the_rest_of_the_batch(hanging):
