@@ -151,7 +151,7 @@ def generate(
             return
         with StageProgress(err) as progress:
             summary = run(config, str(pipeline) if pipeline else None, progress=progress, export_to=export_batch)
-    from cai.generate import describe
+    from cai.outcome import describe
 
     _say(describe(summary))
     if summary["counts"]["records"]:  # no dataset to point at when every prompt failed
