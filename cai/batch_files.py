@@ -20,10 +20,12 @@ from cai.backends import CallFailed
 from cai.backends.openai_batch import ENDPOINT
 from cai.cache import Cache, call_key
 from cai.errors import InputError, Problem
+from cai.runfiles import write_text_atomic
 
 REQUESTS = "requests.jsonl"
 MARKER = ".cai-export"  # an export folder cai made, which the next export may rewrite
 EXPORTED = "exported to a batch file"  # the reason an exported call's record waits
+REQUEST_OPTIONS = {"extra_body", "repetition_penalty_field", "structured_output"}  # never the key or URL
 
 
 def check_folder(folder: str | Path) -> Path:
@@ -65,7 +67,8 @@ class Exporter:
         from cai.backends.openai_wire import chat_request
 
         return [self._write("chat", call_key(self.identity, "chat", c, s.key()),
-                            chat_request(self.spec.model, self.spec.options, c, s)) for c, s in zip(conversations, sampling)]
+                            chat_request(self.spec.model, c, s, **self.spec.options.model_dump(include=REQUEST_OPTIONS)))
+                for c, s in zip(conversations, sampling)]
 
     def choice_logprobs(self, conversations, choices, progress=None):
         from cai.backends.openai_wire import score_request
@@ -78,7 +81,7 @@ def write_requests(folder: Path, lines: list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER).write_text("made by `cai generate --export-batch`; rewritten by the next export\n")
     path = folder / REQUESTS
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
     return path
 
 

@@ -172,9 +172,10 @@ class Engine:
         size = self.config.chunk_size
         try:
             for start in range(0, len(todo), size):
-                if self.over_budget(start, len(todo[start:start + size]), len(todo) - start):
+                chunk = todo[start:start + size]
+                if self.over_budget(start, len(chunk), len(todo) - start):
                     break
-                self.keep(self.process(todo[start:start + size]))
+                self.keep(self.process(chunk))
         finally:
             self.collect_stats()
             self.cache.close()

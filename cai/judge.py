@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
-
-from dataclasses import replace
 
 from cai.backends import Backend, CallFailed, Sampling
 from cai.constitution import Constitution, Principle
 from cai.critique import rank_principles
-from cai.stage import BackendCalls, Calls, seed_for
+from cai.stage import ID_SEP, BackendCalls, Calls, seed_for
 
 CHOICES = ("A", "B")  # single tokens that differ at the first token, so API backends can score them
 COT_STAGE, SCORE_STAGE = "judge-cot", "judge"
@@ -192,7 +190,7 @@ class Judge:
             item = items[n]
             first, second = (item.a, item.b) if a_first else (item.b, item.a)
             convs.append(shots[p.id] + [{"role": "user", "content": judge_prompt(item.prompt, first, second, p.comparison, ending)}])
-            ids.append(f"{item.id}\x1f{p.id}\x1f{int(a_first)}")
+            ids.append(ID_SEP.join([item.id, p.id, str(int(a_first))]))
         failed: dict[int, CallFailed] = {}
         reasoning: dict[int, list[str]] = {}
         usable = [True] * len(jobs)
@@ -256,7 +254,7 @@ class Judge:
         """Each live job asked `votes` times (sampled, each its own seed); its label is
         (share of votes for option A, share of replies that were votes), or None without any vote."""
         asked = [(j, v) for j in live for v in range(self.votes)]
-        replies = calls.chat(SCORE_STAGE, [convs[j] for j, _ in asked], [f"{ids[j]}\x1fvote{v}" for j, v in asked])
+        replies = calls.chat(SCORE_STAGE, [convs[j] for j, _ in asked], [f"{ids[j]}{ID_SEP}vote{v}" for j, v in asked])
         tally: dict[int, list] = {j: [] for j in live}
         for (j, _), reply in zip(asked, replies):
             if isinstance(reply, CallFailed):

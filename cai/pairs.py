@@ -16,7 +16,7 @@ from cai.backends import CallFailed
 from cai.config import FeedbackConfig
 from cai.judge import COT_STAGE as COT, SCORE_STAGE as JUDGE, Comparison, Judge
 from cai.labels import REVISION_PAIR
-from cai.stage import Calls
+from cai.stage import ID_SEP, Calls
 
 
 def sample_stage(i: int) -> str:
@@ -73,7 +73,7 @@ class FeedbackStage:
             rec["feedback"]["skipped"] = n_samples * (n_samples - 1) // 2 - sum(
                 name != REVISION_PAIR for name, _, _ in found)
             for name, a, b in found:
-                items.append(Comparison(id=f"{rec['id']}\x1f{name}", prompt=rec["prompt"], a=a, b=b))
+                items.append(Comparison(id=f"{rec['id']}{ID_SEP}{name}", prompt=rec["prompt"], a=a, b=b))
                 owners.append((rec, name))
         verdicts = self.judge.compare(items, calls)
         for (rec, name), item, v in zip(owners, items, verdicts):

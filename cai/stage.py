@@ -22,7 +22,7 @@ from cai import reasoning
 from cai.backends import Backend, CallFailed, Conversation, Progress, Sampling
 
 JUDGE_PREFIX = "judge"  # stages whose calls go to the judge model
-ID_SEP = "\x1f"  # a call id is its example's id, then (judge calls) pair, principle and order
+ID_SEP = "\x1f"  # a call id is its example's id, then (judge calls) pair, principle and order, and vote
 
 
 class Calls(Protocol):

@@ -1,7 +1,7 @@
 """Tokens and cost: what a run spent and saved, by stage and by model; what a plan expects.
 
 Backends count each call's [input, output] tokens (an API's `usage`, an
-in-process model's tokenizer; the scripted stand-in counts words), the cache
+in-process model's tokenizer; the scripted stand-in estimates ~4 characters a token), the cache
 keeps them with the answer, so a cache hit's tokens count as saved. Cost comes
 from a model spec's `options.price` (USD per million tokens).
 """

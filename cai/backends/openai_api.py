@@ -68,12 +68,10 @@ class OpenAIBackend:
         # The same model behind another URL gives the same answers; server-specific
         # sampling fields (extra_body) change them, so they are part of the identity.
         self.extra_body = dict(extra_body or {})
-        self.penalty_field = repetition_penalty_field
         self.identity = identity("openai", model, extra_body=self.extra_body,
                                  repetition_penalty_field=repetition_penalty_field, structured_output=structured_output)
-        self.structured_output = structured_output
-        self.options = {"extra_body": self.extra_body, "repetition_penalty_field": repetition_penalty_field,
-                        "structured_output": structured_output}
+        self.request_options = {"extra_body": self.extra_body, "repetition_penalty_field": repetition_penalty_field,
+                                "structured_output": structured_output}  # what shapes each request body
         self.concurrency = max(1, concurrency)
         # requests: calls made; attempts: HTTP tries, so attempts - requests = the client's retries.
         self.stats = {"requests": 0, "attempts": 0, "retries": 0, "failed": 0, "rate_limited": 0}
@@ -196,7 +194,7 @@ class OpenAIBackend:
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
     def chat_body(self, conv: Conversation, s: Sampling) -> dict:
-        return chat_request(self.model, self.options, conv, s)
+        return chat_request(self.model, conv, s, **self.request_options)
 
     def score_body(self, conv: Conversation) -> dict:
         return score_request(self.model, self.extra_body, conv)

@@ -15,28 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 import openai
 
 from cai.backends import CallFailed, Progress
+from cai.runfiles import write_json
 
 MAX_REQUESTS = 50_000
 MAX_BYTES = 190 * 2**20  # under the 200 MB file limit
 ENDPOINT = "/v1/chat/completions"
 DONE = {"completed", "failed", "expired", "cancelled"}
-
-
-def _write_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def split(lines: list[str], max_requests: int = MAX_REQUESTS, max_bytes: int = MAX_BYTES) -> list[list[str]]:
@@ -67,7 +57,7 @@ class BatchJobs:
                 return batch_id
         upload = self.client.files.create(file=(f"cai-{digest}.jsonl", data.encode()), purpose="batch")
         batch = self.client.batches.create(input_file_id=upload.id, endpoint=ENDPOINT, completion_window="24h")
-        _write_atomic(state, {"batch_id": batch.id, "input_file_id": upload.id, "requests": data.count("\n") + 1,
+        write_json(state, {"batch_id": batch.id, "input_file_id": upload.id, "requests": data.count("\n") + 1,
                               "submitted": time.time()})
         self.stats["batches_submitted"] += 1
         self.stats["batch_requests"] += data.count("\n") + 1

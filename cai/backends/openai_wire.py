@@ -26,18 +26,18 @@ def usage_of(resp) -> list[int] | None:
     return [u.prompt_tokens, u.completion_tokens] if u and u.prompt_tokens is not None else None
 
 
-def chat_request(model: str, options, conv: Conversation, s: Sampling) -> dict:
-    """The request body of one chat call, as sent online or written to a batch file. `options`: the
-    spec's options (or a dict of extra_body, repetition_penalty_field, structured_output)."""
-    get = options.get if isinstance(options, dict) else lambda k: getattr(options, k)
+def chat_request(model: str, conv: Conversation, s: Sampling, extra_body: dict | None = None,
+                 repetition_penalty_field: str | None = None, structured_output: str = "json_schema") -> dict:
+    """The request body of one chat call, as sent online or written to a batch file (the spec's
+    options of the same names)."""
     body = {"model": model, "messages": conv, "max_tokens": s.max_new_tokens, "temperature": s.temperature,
-            "top_p": s.top_p, **(get("extra_body") or {})}
+            "top_p": s.top_p, **(extra_body or {})}
     if not s.greedy and s.seed is not None:
         body["seed"] = s.seed
-    if s.schema == "choice" and get("structured_output") != "off":
-        body["response_format"] = CHOICE_FORMATS[get("structured_output")]
-    if get("repetition_penalty_field") and s.repetition_penalty != 1.0:
-        body[get("repetition_penalty_field")] = s.repetition_penalty
+    if s.schema == "choice" and structured_output != "off":
+        body["response_format"] = CHOICE_FORMATS[structured_output]
+    if repetition_penalty_field and s.repetition_penalty != 1.0:
+        body[repetition_penalty_field] = s.repetition_penalty
     return body
 
 
