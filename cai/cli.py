@@ -348,6 +348,49 @@ def diff(
     print(json.dumps(report, indent=2, ensure_ascii=False) if as_json else render(report))
 
 
+@app.command()
+def review(
+    run_dir: Path = typer.Argument(..., help="Run directory made by `cai generate` (also while it is still running)."),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to serve on (0: any free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Loopback by default; anything else lets other machines read the records (a warning says so)."),
+    reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Name written with each decision (default: $USER)."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the pages as self-contained, read-only HTML files into this folder (empty, new, or an earlier export) instead of serving."),
+    apply: bool = typer.Option(False, "--apply", help="Rebuild RUN/dataset and RUN/sft from the records and review.jsonl (no model), update run.json, and exit."),
+):
+    """Read a run's records in the browser: filter, open records and principles, accept / reject / edit.
+
+    Decisions are appended to RUN/review.jsonl (the only file the server writes); the next dataset
+    build (`cai generate` again, or `cai review RUN --apply`) honours them."""
+    from cai.review import export as static, rebuild, server
+
+    with _guard():
+        if apply:
+            run = rebuild.rebuild(run_dir)
+            _say([("warning", w) for w in run["warnings"] if "review" in w])
+            r = run["counts"].get("review") or {}
+            err.print(f"dataset rebuilt: {run['counts']['pairs']} pairs; reviewed {r.get('reviewed', 0)} rows "
+                      f"(accepted {r.get('accepted', 0)}, edited {r.get('edited', 0)}, rejected {r.get('rejected', 0)}), "
+                      f"{r.get('stale', 0)} stale decisions not applied")
+            print(run_dir / "dataset")
+            return
+        if export is not None:
+            n = static.export(run_dir, export)
+            err.print(f"wrote {n} pages to {escape(str(export))} (open index.html)")
+            print(export / "index.html")
+            return
+        if not server.is_loopback(host):
+            _say([("warning", f"serving on {host}: anyone who can reach this address can read the run's records")])
+
+        def ready(url, _server):
+            err.print(f"reviewing {escape(str(run_dir))} at {url}  (Ctrl-C to stop)", soft_wrap=True)
+            print(url, flush=True)
+
+        try:
+            server.serve(run_dir, host, port, reviewer, ready)
+        except KeyboardInterrupt:
+            err.print("stopped; decisions are in " + escape(str(run_dir / "review.jsonl")))
+
+
 def main() -> None:
     try:
         app()

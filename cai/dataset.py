@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from cai.labels import label
+from cai.review.decisions import Review, apply
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,6 +32,7 @@ _PROVENANCE = [
     ("id", pa.string()), ("constitution_sha256", pa.string()),
     ("principle_ids", pa.list_(pa.string())), ("rounds", pa.int32()),
     ("model", pa.string()), ("category", pa.string()),
+    ("reviewed", pa.string()),  # null, or what a person did in `cai review`: accepted / edited
 ]
 # AI-feedback columns, present when the run had a judge (`feedback.enabled`).
 _LABELS = [
@@ -66,6 +68,7 @@ def rows(record: dict) -> dict[str, dict]:
         "id": record["id"], "constitution_sha256": record["constitution_sha256"],
         "principle_ids": [r["principle_id"] for r in record["rounds"]],
         "rounds": len(record["rounds"]), "model": record["model"], "category": record.get("category"),
+        "reviewed": None,
     }
     return {
         "default": {"prompt": prompt, "chosen": final,
@@ -133,11 +136,13 @@ def judged_rows(record: dict, base: dict, feedback) -> tuple[list[dict], Counter
     return found, counts
 
 
-def build(records: Iterable[dict], run_dir: str | Path, test_size: float, feedback=None) -> dict:
+def build(records: Iterable[dict], run_dir: str | Path, test_size: float, feedback=None,
+          review: Review | None = None) -> dict:
     """Write RUN/dataset and RUN/sft; return counts (records, pairs, flagged by reason, rows per split).
 
     With `feedback` (an enabled FeedbackConfig) the pairs are the judged ones,
-    oriented by the judge and carrying their soft labels.
+    oriented by the judge and carrying their soft labels. `review` (RUN/review.jsonl)
+    is honoured: rejected rows leave, edits replace the chosen text, swaps swap.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -145,24 +150,35 @@ def build(records: Iterable[dict], run_dir: str | Path, test_size: float, feedba
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=run_dir))
     writers = _Writers(tmp, {"default": LABELLED} if feedback else {})
+    review = review if review is not None else Review([])
     flagged: Counter = Counter()
     labels: Counter = Counter()
-    n_records = 0
+    n_records = n_flagged = 0
     try:
         for rec in records:
             n_records += 1
+            n_flagged += bool(rec["flags"])
             flagged.update(rec["flags"])
             split = split_of(rec["id"], test_size)
             made = rows(rec)
-            if not rec["flags"]:
-                writers.add("sft", split, made["sft"])
+            decided = review.for_record(rec)
+            sft = _sft_row(rec, made["sft"], decided, review)
+            if sft is not None:
+                writers.add("sft", split, sft)
             if feedback:
                 judged, counts = judged_rows(rec, made["default"], feedback)
                 labels.update(counts)
+                comps = {c["pair"]: c for c in rec["feedback"]["comparisons"]} if judged else {}
                 for row in judged:
+                    row = _honour(row, review.for_pair(rec, comps[row["pair"]]) or decided, review, judged=True)
+                    if row is not None:
+                        writers.add("default", split, row)
+            elif not rec.get("kept") and (not rec["flags"] or (decided and decided["decision"] != "reject")):
+                # A person's accept or edit brings a flagged record back: they read it (a kept answer
+                # has no revision to prefer).
+                row = _honour(made["default"], decided, review, judged=False)
+                if row is not None:
                     writers.add("default", split, row)
-            elif not rec["flags"] and not rec.get("kept"):  # a kept answer has no revision to prefer
-                writers.add("default", split, made["default"])
         writers.close()
         splits = {c: {s: n for (cc, s), n in writers.counts.items() if cc == c} for c in SCHEMAS}
         for config, folder in FOLDERS.items():
@@ -171,15 +187,45 @@ def build(records: Iterable[dict], run_dir: str | Path, test_size: float, feedba
             _swap_in(tmp / folder, run_dir / folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = {"records": n_records, "pairs": sum(splits["default"].values()),
-           "flagged_records": n_records - sum(splits["sft"].values()),
+    out = {"records": n_records, "pairs": sum(splits["default"].values()), "flagged_records": n_flagged,
            "flagged": dict(sorted(flagged.items())), "splits": splits["default"]}
     if feedback:
         # Every judged pair is accounted for: rows + ties left out + low_confidence + unusable.
         out.update({k: labels.get(k, 0) for k in (
             "comparisons", "ties", "low_confidence", "judge_malformed", "position_consistent",
             "skipped_identical")}, unusable=labels.get("malformed", 0), ties_excluded=labels.get("tie", 0))
+    if review.latest or review.problems:
+        out["review"] = review.counts()
     return out
+
+
+def _sft_row(rec: dict, row: dict, decided: dict | None, review: Review) -> dict | None:
+    if decided is None:
+        return None if rec["flags"] else row
+    if decided["decision"] == "reject":
+        review.sft["rejected"] += not rec["flags"]  # a flagged record had no row to lose
+        return None
+    # The SFT answer is the record's chosen one: the edit, else the initial answer when swapped, else the final.
+    chosen, _, kind = apply(decided, rec["final"], rec["initial"])
+    review.sft[kind] += 1
+    return {**row, "messages": row["messages"][:1] + _assistant(chosen), "reviewed": kind}
+
+
+def _honour(row: dict, decided: dict | None, review: Review, judged: bool) -> dict | None:
+    """A preference row after a person's decision (None: rejected); the judge's numbers follow a swap."""
+    out = apply(decided, row["chosen"][-1]["content"], row["rejected"][-1]["content"])
+    if out is None:
+        review.rows["rejected"] += 1
+        return None
+    chosen, rejected, kind = out
+    if kind is None:
+        return row
+    review.rows[kind] += 1
+    row = {**row, "chosen": _assistant(chosen), "rejected": _assistant(rejected), "reviewed": kind}
+    if judged and decided.get("swap"):  # the judge's preference, seen from the new chosen answer
+        row.update(chosen_prob=1 - row["chosen_prob"], margin=-row["margin"],
+                   p_first=1 - row["p_second"], p_second=1 - row["p_first"])
+    return row
 
 
 def _write_readme(root: Path, config: str, judged: bool = False) -> None:

@@ -20,6 +20,7 @@ from cai.engine import Engine
 from cai.judge import judge_method
 from cai.errors import InputError, Problem
 from cai.progress import StageProgress
+from cai.review.decisions import Review, review_warnings
 from cai.prompts import load_prompts
 from cai.rundir import check_out, lock
 from cai.runfiles import package_versions, write_json
@@ -180,7 +181,8 @@ def _run(config, pipeline_path, backend, constitution, examples, progress, start
     quarantined = {"records": engine.store.quarantined, "versions": damaged_versions}
     warnings += _quarantine_warnings(quarantined)
     built = dataset.build(engine.current_records(examples), out, config.test_size,
-                          config.feedback if config.feedback.enabled else None)
+                          config.feedback if config.feedback.enabled else None, Review.of(out))
+    warnings += review_warnings(built.get("review"))
     # Keep this build as versions/<sha12> too, so an earlier constitution's dataset survives an edit.
     dataset_versions.snapshot(out, constitution, engine.current_records(examples), built)
     summary.update(

@@ -33,6 +33,16 @@ REASONS = (
     "empty_answer", "empty_critique", "not_a_critique",
     "empty_revision", "meta_only_revision", "revision_is_critique", "revision_unchanged",
 )
+# What each reason means, for people reading a record (`cai review`).
+EXPLAIN = {
+    "empty_answer": "the initial answer is empty",
+    "empty_critique": f"a critique has fewer than {MIN_CRITIQUE_WORDS} words",
+    "not_a_critique": f"a critique repeats the answer it critiques (word similarity at least {ECHO})",
+    "empty_revision": "a revision is empty",
+    "meta_only_revision": "a revision held only an announcement ('Here is the revised response:') and nothing else",
+    "revision_is_critique": f"a revision repeats its critique instead of rewriting the answer (similarity at least {ECHO})",
+    "revision_unchanged": f"the final revision is the initial answer again (word similarity at least {NEAR_DUPLICATE})",
+}
 
 
 def near_duplicate(a: str, b: str, threshold: float = NEAR_DUPLICATE) -> bool:

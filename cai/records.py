@@ -42,6 +42,14 @@ def new_record(example: dict, fingerprint: str, meta: dict) -> dict:
     }
 
 
+def parse_line(line: bytes) -> dict:
+    """One record line, or ValueError (JSONDecodeError, UnicodeDecodeError) when it is damaged."""
+    rec = json.loads(line.decode("utf-8"))
+    if not isinstance(rec, dict) or "id" not in rec:
+        raise ValueError("not a record")
+    return rec
+
+
 class RecordStore:
     """Shards of one run. A damaged line (a disk fault, a bad copy, a sync tool) sends its
     shard to records/quarantine/: its examples are then pending again and recomputed,
@@ -96,9 +104,7 @@ class RecordStore:
                     whole = line.startswith(b"{") and line.endswith(b"}\n")
                     if mark in line or not (whole or not line.strip()):
                         try:
-                            rec = json.loads(line.decode("utf-8"))
-                            if not isinstance(rec, dict) or "id" not in rec:
-                                raise ValueError("not a record")
+                            rec = parse_line(line)
                         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
                             self._quarantine(shard, n + 1, exc)
                             found = {}

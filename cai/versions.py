@@ -70,7 +70,8 @@ def snapshot(run_dir: str | Path, constitution, records: Iterable[dict], counts:
             "constitution": {"name": constitution.name, "version": constitution.version, "sha256": sha,
                              "path": str(source) if source else None},
             "created": time.time(),
-            "counts": {k: counts.get(k) for k in ("records", "pairs", "flagged_records", "flagged", "splits")},
+            "counts": {k: counts.get(k) for k in ("records", "pairs", "flagged_records", "flagged", "splits", "review")
+                   if k in counts},
             "principle_usage": dict(sorted(usage.items())),
             "principles": [p.id for p in constitution.principles],
             "flagged_ids": dict(sorted(flagged.items())),

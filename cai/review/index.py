@@ -1,0 +1,172 @@
+"""The review server's view of a run's records: a small in-memory index over the shards, read as they are.
+
+Shards are append-only files written whole (cai.records), so each one is
+scanned once, when it first appears; a reload picks up the shards a running
+`cai generate` has added since. The index keeps only what the filters need
+(principles, category, flags, judge bands, ties, rounds) and where the line
+is, so a run of a million records pages and filters on the server; a record
+is read from its shard when shown. Nothing here writes: a damaged line is
+noted (its shard's records are left out) and left for `cai generate`, which
+moves the shard aside and recomputes it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+from cai.records import SHARD, parse_line
+
+BANDS = ((0.6, "0.5-0.6"), (0.7, "0.6-0.7"), (0.8, "0.7-0.8"), (0.9, "0.8-0.9"), (1.01, "0.9-1.0"))
+FACETS = ("flag", "principle", "category", "band", "tie", "inconsistent", "rounds")
+
+
+def band(p_a: float | None) -> str:
+    """The judge's confidence in its chosen answer, in bands of 0.1 ('malformed': no usable answer)."""
+    if p_a is None:
+        return "malformed"
+    chosen = max(p_a, 1 - p_a)
+    return next(name for top, name in BANDS if chosen < top)
+
+
+class Entry:
+    __slots__ = ("id", "shard", "offset", "fingerprint", "facets")
+
+    def __init__(self, rec: dict, shard: str, offset: int, tie_threshold: float):
+        self.id, self.shard, self.offset, self.fingerprint = rec["id"], shard, offset, rec.get("fingerprint")
+        comps = (rec.get("feedback") or {}).get("comparisons") or []
+        ps = [c.get("p_a") for c in comps]
+        intern = sys.intern  # a few distinct names across a million records
+        self.facets = {
+            "flag": tuple(intern(f) for f in rec.get("flags") or ()) or ("none",),
+            "principle": tuple(dict.fromkeys(intern(str(r.get("principle_id"))) for r in rec.get("rounds") or ())),
+            "category": (intern(str(rec.get("category"))),),
+            "band": tuple(sorted({band(p) for p in ps})),
+            "tie": ("yes",) if any(p is not None and abs(p - 0.5) < tie_threshold for p in ps) else (),
+            "inconsistent": ("yes",) if any(not c.get("position_consistent", True) for c in comps) else (),
+            "rounds": (str(len(rec.get("rounds") or ())),),
+            # For the principle pages: every draw, and each draw whose own round raised a problem.
+            "drawn": tuple(intern(str(r.get("principle_id"))) for r in rec.get("rounds") or ()),
+            "problem": tuple(intern(f"{r.get('principle_id')}:{p}") for r in rec.get("rounds") or ()
+                             for p in (r.get("critique_problem"), r.get("revision_problem")) if p),
+        }
+
+
+class RunIndex:
+    """Current records of a run (run.json's fingerprint; the latest line per id), in shard order."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.records_dir = self.run_dir / "records"
+        self._shards: dict[str, list[Entry]] = {}
+        self.damaged: dict[str, dict] = {}  # shard -> {shard, line, error}
+        self.current: list[Entry] = []
+        self.by_id: dict[str, int] = {}
+        self.run: dict = {}
+        self._seen = None
+        self._lock = threading.Lock()
+
+    def _read_run(self) -> dict:
+        try:
+            run = json.loads((self.run_dir / "run.json").read_text(encoding="utf-8"))
+            return run if isinstance(run, dict) else {}
+        except (OSError, ValueError):  # being replaced right now: keep the last one read
+            return self.run
+
+    def refresh(self) -> None:
+        """Scan shards that appeared since the last call; recompute the current set if anything changed."""
+        with self._lock:
+            names = sorted(p.name for p in self.records_dir.iterdir() if SHARD.match(p.name)) \
+                if self.records_dir.is_dir() else []
+            run = self._read_run()
+            feedback = (run.get("config") or {}).get("feedback") or {}
+            tie = float(feedback.get("tie_threshold", 0.02))
+            for name in names:
+                if name not in self._shards and name not in self.damaged:
+                    self._scan(name, tie)
+            for gone in set(self._shards) - set(names):  # quarantined by a generate since
+                del self._shards[gone]
+            for gone in set(self.damaged) - set(names):
+                del self.damaged[gone]
+            seen = (tuple(names), run.get("fingerprint"))
+            self.run = run
+            if seen != self._seen:
+                self._seen = seen
+                self._settle(run.get("fingerprint"), names)
+
+    def _scan(self, name: str, tie: float) -> None:
+        found, offset = [], 0
+        with open(self.records_dir / name, "rb") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        found.append(Entry(parse_line(line), name, offset, tie))
+                    except ValueError as exc:
+                        self.damaged[name] = {"shard": name, "line": n, "error": f"{type(exc).__name__}: {exc}"}
+                        return
+                offset += len(line)
+        self._shards[name] = found
+
+    def _settle(self, fingerprint: str | None, names: list[str]) -> None:
+        latest: dict[str, Entry] = {}
+        for name in names:
+            for e in self._shards.get(name, ()):
+                if fingerprint is None or e.fingerprint == fingerprint:
+                    latest.pop(e.id, None)  # the latest line wins, and takes its place in the order
+                    latest[e.id] = e
+        self.current = list(latest.values())
+        self.by_id = {e.id: i for i, e in enumerate(self.current)}
+
+    def load(self, entry: Entry) -> dict:
+        with open(self.records_dir / entry.shard, "rb") as fh:
+            fh.seek(entry.offset)
+            return json.loads(fh.readline())
+
+    def get(self, record_id: str) -> tuple[int, dict] | None:
+        i = self.by_id.get(record_id)
+        return None if i is None else (i, self.load(self.current[i]))
+
+    def select(self, filters: dict[str, str], query: str = "") -> list[Entry]:
+        """Entries matching every facet filter and a text search."""
+        out = self.current
+        for key, value in filters.items():
+            out = [e for e in out if value in e.facets[key]]
+        if query:
+            out = self._search(out, query)
+        return out
+
+    def _search(self, entries: list[Entry], query: str) -> list[Entry]:
+        """Case-insensitive search in the prompt and every answer (initial, revisions, samples)."""
+        needle = query.lower()
+        raw = json.dumps(needle, ensure_ascii=False)[1:-1].encode()  # as the text appears inside a line
+        found, handles = set(), {}
+        try:
+            for e in sorted(entries, key=lambda e: (e.shard, e.offset)):  # each shard read forwards, once
+                fh = handles.get(e.shard) or handles.setdefault(e.shard, open(self.records_dir / e.shard, "rb"))
+                fh.seek(e.offset)
+                line = fh.readline()
+                hay = line.lower() if needle.isascii() else line.decode("utf-8").lower().encode()
+                if raw in hay and self._matches(json.loads(line), needle):
+                    found.add(id(e))
+        finally:
+            for fh in handles.values():
+                fh.close()
+        return [e for e in entries if id(e) in found]
+
+    @staticmethod
+    def _matches(rec: dict, needle: str) -> bool:
+        texts = [rec.get("prompt"), rec.get("initial"), rec.get("final"),
+                 *(r.get("revision") for r in rec.get("rounds") or ()),
+                 *((rec.get("feedback") or {}).get("samples") or ())]
+        return any(needle in (t or "").lower() for t in texts)
+
+
+def facet_counts(entries: list[Entry]) -> dict[str, Counter]:
+    counts = {k: Counter() for k in FACETS}
+    for e in entries:
+        for k in FACETS:
+            counts[k].update(e.facets[k])
+    return counts
