@@ -112,6 +112,7 @@ def _counts_section(run: dict) -> str:
         lines.append(f"- malformed judge answers: {c['judge_malformed']}")
     if "comparisons" in c:
         lines.append(f"- judge comparisons: {c['comparisons']}")
+    lines += _review_lines(c.get("review"))
     lines.append(f"- model calls: {c.get('model_calls')} computed, {c.get('cache_hits')} answered from the cache")
     t = (run.get("tokens") or {}).get("total")
     if t:
@@ -120,6 +121,23 @@ def _counts_section(run: dict) -> str:
         lines.append(f"- tokens: {t['input']} input and {t['output']} output spent, {t['saved_input']} input and "
                      f"{t['saved_output']} output saved by the cache{spent}")
     return "\n".join(lines)
+
+
+def _reviewed_note(c: dict) -> str:
+    n = (c.get("review") or {}).get("reviewed", 0)
+    return f"a person reviewed {n} of the preference rows (the `reviewed` column)" if n else "nobody reviewed them"
+
+
+def _review_lines(r: dict | None) -> list[str]:
+    if not r:
+        return ["- reviewed by a person: none (`cai review` was not used on this run)"]
+    s = r["sft"]
+    lines = [f"- reviewed by a person (`cai review`): {r['reviewed']} preference rows (accepted {r['accepted']}, "
+             f"edited {r['edited']}, rejected and left out {r['rejected']}); {s['reviewed']} SFT rows (accepted "
+             f"{s['accepted']}, edited {s['edited']}, rejected {s['rejected']}); the `reviewed` column marks them"]
+    if r["stale"]:
+        lines.append(f"  - {r['stale']} decisions were made on text that has since changed and were not applied")
+    return lines
 
 
 USAGE = '''```python
@@ -219,7 +237,7 @@ How many critique rounds drew each principle ({sum(usage.values())} rounds in al
 
 ## Limitations
 
-- **Synthetic.** Every answer, critique and revision was written by a model, `{(run.get('model') or {}).get('spec')}`; nobody reviewed them. Revisions can still be wrong, unhelpful or harmful, and `chosen` is only *preferred by the pipeline*, not known to be good.
+- **Synthetic.** Every answer, critique and revision was written by a model, `{(run.get('model') or {}).get('spec')}`; {_reviewed_note(c)}. Revisions can still be wrong, unhelpful or harmful, and `chosen` is only *preferred by the pipeline*, not known to be good.
 - **Judge biases.** {judge_note}
 - **Model size.** A small model follows critique and revision requests weakly; quality gates drop the worst records (see flagged counts), not all bad ones.
 - **Coverage.** The prompts cover what the prompt files cover, nothing more.

@@ -92,12 +92,21 @@ def compare(run_dir: str | Path, old: str | None = None, new: str | None = None,
                     "newly_flagged": sorted(new_flag.keys() - old_flag.keys()),
                     "no_longer_flagged": sorted(old_flag.keys() - new_flag.keys())},
         "samples": picks,
+        # What people decided in `cai review`, as each build applied it (None: no review then).
+        "review": {"before": before["counts"].get("review"), "after": after["counts"].get("review")},
     }
 
 
 def _clip(text: str, n: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _reviewed(r: dict | None) -> str:
+    if not r:
+        return "none"
+    stale = f", {r['stale']} stale" if r["stale"] else ""
+    return f"{r['reviewed']} (accepted {r['accepted']}, edited {r['edited']}, rejected {r['rejected']}{stale})"
 
 
 def render(report: dict) -> str:
@@ -117,6 +126,7 @@ def render(report: dict) -> str:
     reasons = sorted(set(f["before"]) | set(f["after"]))
     out.append("flagged: " + (", ".join(f"{k} {f['before'].get(k, 0)} -> {f['after'].get(k, 0)}" for k in reasons) or "none either side")
                + f"; newly flagged {len(f['newly_flagged'])}, no longer flagged {len(f['no_longer_flagged'])}")
+    out.append("reviewed rows: " + " -> ".join(_reviewed(report["review"][k]) for k in ("before", "after")))
     for s in report["samples"]:
         out += [f"--- {s['id']} (principles {', '.join(s['principle_ids_before'])} -> {', '.join(s['principle_ids_after'])})",
                 f"  before: {_clip(s['chosen_before'])}", f"  after:  {_clip(s['chosen_after'])}"]
