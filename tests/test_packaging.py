@@ -110,3 +110,9 @@ def test_a_wheel_installed_without_e_has_its_defaults(tmp_path, embedded):
     valid = cai("validate", "constitution/harmless.yaml", "pipelines/default.yaml", "pipelines/prompts/red_team.jsonl")
     assert valid.returncode == 0, valid.stderr
     assert valid.stderr.count("ok:") == 3
+    # `cai review`'s templates ship as package data: a scripted run exported to HTML from the wheel.
+    made = cai("generate", "--backend", "scripted", "--model", "echo", "--limit", "2", "--out", "run")
+    assert made.returncode == 0, made.stderr[-2000:]
+    shared = cai("review", "run", "--export", "share")
+    assert shared.returncode == 0, shared.stderr[-2000:]
+    assert "<table id=\"records\">" in (empty / "share" / "index.html").read_text()

@@ -341,3 +341,48 @@ def test_filters_counts_search_and_paging_on_a_large_run(tmp_path):
         assert time.perf_counter() - start < 60
     finally:
         s.stop()
+
+
+@pytest.mark.slow
+def test_review_of_a_real_embedded_model_run(tmp_path):
+    """The embedded model's own records: shown escaped with their word diff, edited through the server,
+    and the edit honoured by `cai review --apply` and by `cai generate` run again."""
+    import html
+
+    from markupsafe import escape
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "run"
+    gen = [sys.executable, "-m", "cai", "generate", "--limit", "2", "--rounds", "1", "--out", str(out)]
+    done = subprocess.run(gen, cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    recs = current(out)
+    red = next(r for r in recs.values() if r["rounds"])
+    benign = next(r for r in recs.values() if r.get("kept"))
+    s = Served(out, who="real")
+    try:
+        page = _request(s.url + "record?id=" + urllib.request.quote(red["id"]))[1]
+        assert str(escape(red["prompt"])) in page and str(escape(red["rounds"][0]["critique"])) in page
+        added = re.findall(r"<ins>(.*?)</ins>", page, re.S)
+        assert added and all(html.unescape(a) in red["rounds"][0]["revision"] for a in added)
+        token = page.split('name="cai-token" content="')[1].split('"')[0]
+        body = json.dumps({"record": benign["id"], "hash": record_hash(benign), "decision": "edit",
+                           "chosen": "An answer a person wrote."}).encode()
+        status, _ = _request(s.url + "api/decide", body, {"Content-Type": "application/json", "X-CAI-Token": token,
+                                                          "Origin": s.url.rstrip("/")})
+        assert status == 200
+    finally:
+        s.stop()
+    applied = subprocess.run([sys.executable, "-m", "cai", "review", str(out), "--apply"], cwd=root,
+                             capture_output=True, text=True, timeout=600)
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    assert applied.stdout.strip() == str(out / "dataset") and "edited 0" in applied.stderr  # SFT only: kept answer
+    sft = rows_of(out, "sft")
+    assert sft[benign["id"]][0]["messages"][-1]["content"] == "An answer a person wrote."
+    assert sft[benign["id"]][0]["reviewed"] == "edited"
+    assert all(rows[0]["reviewed"] is None for i, rows in sft.items() if i != benign["id"])
+    again = subprocess.run(gen, cwd=root, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["model_calls"] == 0 and run["counts"]["review"]["sft"]["edited"] == 1
+    assert rows_of(out, "sft")[benign["id"]][0]["messages"][-1]["content"] == "An answer a person wrote."
