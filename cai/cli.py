@@ -367,10 +367,7 @@ def review(
         if apply:
             run = rebuild.rebuild(run_dir)
             _say([("warning", w) for w in run["warnings"] if "review" in w])
-            r = run["counts"].get("review") or {}
-            err.print(f"dataset rebuilt: {run['counts']['pairs']} pairs; reviewed {r.get('reviewed', 0)} rows "
-                      f"(accepted {r.get('accepted', 0)}, edited {r.get('edited', 0)}, rejected {r.get('rejected', 0)}), "
-                      f"{r.get('stale', 0)} stale decisions not applied")
+            err.print(rebuild.summary_line(run))
             print(run_dir / "dataset")
             return
         if export is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from helpers import run, write_pipeline
@@ -74,6 +75,17 @@ class Served:
     def stop(self):
         self.server.shutdown()
         self.thread.join(10)
+
+
+@contextmanager
+def serving(directory: Path, who: str = "tester"):
+    """A scripted review run in directory/out, served: yields (run dir, Served)."""
+    out = review_run(directory)
+    s = Served(out, who=who)
+    try:
+        yield out, s
+    finally:
+        s.stop()
 
 
 def decisions_in(run_dir: Path) -> list[dict]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import re
-import os
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from review_helpers import XSS, Served, decisions_in, rerun, review_run
+from review_helpers import Served, decisions_in, rerun, review_run, serving
 
 from cai import card, diff
 from cai.records import RecordStore
@@ -176,10 +175,8 @@ def _tree(folder: Path) -> dict:
 
 @pytest.fixture()
 def served(tmp_path):
-    out = review_run(tmp_path)
-    s = Served(out, who="ada")
-    yield out, s
-    s.stop()
+    with serving(tmp_path, who="ada") as both:
+        yield both
 
 
 def test_writes_need_token_host_and_origin_and_only_review_jsonl_changes(served):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from review_helpers import XSS, Served, decisions_in, review_run
+from review_helpers import XSS, decisions_in, serving
 
 from cai.review import rebuild
 
@@ -44,10 +43,8 @@ def browser(tmp_path):
 
 @pytest.fixture()
 def site(tmp_path):
-    out = review_run(tmp_path)
-    s = Served(out, who="grace")
-    yield out, s
-    s.stop()
+    with serving(tmp_path, who="grace") as both:
+        yield both
 
 
 def _keys(driver, keys: str):
@@ -57,9 +54,12 @@ def _keys(driver, keys: str):
 
 
 def _wait_for(driver, predicate, timeout=15):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(lambda d: predicate(d))
+    # A decision reloads the page: elements found just before the reload go stale.
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)
+                         ).until(lambda d: predicate(d))
 
 
 def _decision_badge(driver) -> str:

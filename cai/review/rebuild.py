@@ -105,3 +105,10 @@ def rebuild(run_dir: str | Path) -> dict:
         run["warnings"] = notes
         write_json(run_dir / "run.json", run)
     return run
+
+
+def summary_line(run: dict) -> str:
+    r = run["counts"].get("review") or {}
+    return (f"dataset rebuilt: {run['counts']['pairs']} pairs; reviewed {r.get('reviewed', 0)} rows (accepted "
+            f"{r.get('accepted', 0)}, edited {r.get('edited', 0)}, rejected {r.get('rejected', 0)}), "
+            f"{r.get('stale', 0)} stale decisions not applied")
