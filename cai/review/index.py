@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 from cai.records import SHARD, parse_line
 
 BANDS = ((0.6, "0.5-0.6"), (0.7, "0.6-0.7"), (0.8, "0.7-0.8"), (0.9, "0.8-0.9"), (1.01, "0.9-1.0"))
+MEMO = 32
 FACETS = ("flag", "principle", "category", "band", "tie", "inconsistent", "rounds")
 
 
@@ -32,27 +33,46 @@ def band(p_a: float | None) -> str:
     return next(name for top, name in BANDS if chosen < top)
 
 
+FIELDS = (*FACETS, "drawn", "problem")  # drawn: every round's principle; problem: "principle:reason" per bad round
+_POS = {name: i for i, name in enumerate(FIELDS)}
+_SHARED: dict[tuple, tuple] = {}  # one copy of each distinct value tuple: a few hundred across a million records
+
+
+def _one(values: tuple) -> tuple:
+    return _SHARED.setdefault(values, values)
+
+
 class Entry:
-    __slots__ = ("id", "shard", "offset", "fingerprint", "facets")
+    """Where a record's line is, and the values the filters need (about 300 bytes with its id)."""
+    __slots__ = ("id", "shard", "offset", "fingerprint", "values")
 
     def __init__(self, rec: dict, shard: str, offset: int, tie_threshold: float):
-        self.id, self.shard, self.offset, self.fingerprint = rec["id"], shard, offset, rec.get("fingerprint")
+        intern = sys.intern
+        self.id, self.shard, self.offset = rec["id"], shard, offset
+        self.fingerprint = intern(str(rec.get("fingerprint")))
         comps = (rec.get("feedback") or {}).get("comparisons") or []
         ps = [c.get("p_a") for c in comps]
-        intern = sys.intern  # a few distinct names across a million records
-        self.facets = {
-            "flag": tuple(intern(f) for f in rec.get("flags") or ()) or ("none",),
-            "principle": tuple(dict.fromkeys(intern(str(r.get("principle_id"))) for r in rec.get("rounds") or ())),
-            "category": (intern(str(rec.get("category"))),),
-            "band": tuple(sorted({band(p) for p in ps})),
-            "tie": ("yes",) if any(p is not None and abs(p - 0.5) < tie_threshold for p in ps) else (),
-            "inconsistent": ("yes",) if any(not c.get("position_consistent", True) for c in comps) else (),
-            "rounds": (str(len(rec.get("rounds") or ())),),
-            # For the principle pages: every draw, and each draw whose own round raised a problem.
-            "drawn": tuple(intern(str(r.get("principle_id"))) for r in rec.get("rounds") or ()),
-            "problem": tuple(intern(f"{r.get('principle_id')}:{p}") for r in rec.get("rounds") or ()
-                             for p in (r.get("critique_problem"), r.get("revision_problem")) if p),
-        }
+        rounds = rec.get("rounds") or ()
+        drawn = tuple(intern(str(r.get("principle_id"))) for r in rounds)
+        self.values = tuple(_one(v) for v in (
+            tuple(intern(f) for f in rec.get("flags") or ()) or ("none",),
+            tuple(dict.fromkeys(drawn)),
+            (intern(str(rec.get("category"))),),
+            tuple(sorted({band(p) for p in ps})),
+            ("yes",) if any(p is not None and abs(p - 0.5) < tie_threshold for p in ps) else (),
+            ("yes",) if any(not c.get("position_consistent", True) for c in comps) else (),
+            (str(len(rounds)),),
+            drawn,
+            tuple(intern(f"{r.get('principle_id')}:{p}") for r in rounds
+                  for p in (r.get("critique_problem"), r.get("revision_problem")) if p),
+        ))
+
+    def get(self, name: str) -> tuple:
+        return self.values[_POS[name]]
+
+    @property
+    def facets(self) -> dict[str, tuple]:
+        return dict(zip(FIELDS, self.values))
 
 
 class RunIndex:
@@ -68,6 +88,7 @@ class RunIndex:
         self.run: dict = {}
         self._seen = None
         self._lock = threading.Lock()
+        self._memo: OrderedDict = OrderedDict()  # recent selections and their counts, until the records change
 
     def _read_run(self) -> dict:
         try:
@@ -96,6 +117,7 @@ class RunIndex:
             if seen != self._seen:
                 self._seen = seen
                 self._settle(run.get("fingerprint"), names)
+                self._memo.clear()
 
     def _scan(self, name: str, tie: float) -> None:
         found, offset = [], 0
@@ -129,11 +151,30 @@ class RunIndex:
         i = self.by_id.get(record_id)
         return None if i is None else (i, self.load(self.current[i]))
 
+    def _remember(self, key: tuple, make):
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        value = self._memo[key] = make()
+        if len(self._memo) > MEMO:
+            self._memo.popitem(last=False)
+        return value
+
     def select(self, filters: dict[str, str], query: str = "") -> list[Entry]:
-        """Entries matching every facet filter and a text search."""
+        """Entries matching every facet filter and a text search (remembered: paging re-asks the same)."""
+        key = ("select", tuple(sorted(filters.items())), query)
+        return self._remember(key, lambda: self._select(filters, query))
+
+    def counts(self, filters: dict[str, str], query: str = "") -> dict[str, Counter]:
+        """How many of the selected entries have each facet value."""
+        key = ("counts", tuple(sorted(filters.items())), query)
+        return self._remember(key, lambda: facet_counts(self.select(filters, query)))
+
+    def _select(self, filters: dict[str, str], query: str) -> list[Entry]:
         out = self.current
         for key, value in filters.items():
-            out = [e for e in out if value in e.facets[key]]
+            i = _POS[key]
+            out = [e for e in out if value in e.values[i]]
         if query:
             out = self._search(out, query)
         return out
@@ -165,8 +206,8 @@ class RunIndex:
 
 
 def facet_counts(entries: list[Entry]) -> dict[str, Counter]:
-    counts = {k: Counter() for k in FACETS}
+    counts = [Counter() for _ in FACETS]
     for e in entries:
-        for k in FACETS:
-            counts[k].update(e.facets[k])
-    return counts
+        for c, v in zip(counts, e.values):  # FACETS lead FIELDS
+            c.update(v)
+    return dict(zip(FACETS, counts))

@@ -19,7 +19,7 @@ import jinja2
 from cai.labels import label
 from cai.quality import EXPLAIN
 from cai.review.decisions import pair_hash, record_hash
-from cai.review.index import FACETS, RunIndex, facet_counts
+from cai.review.index import FACETS, RunIndex
 
 PAGE = 50
 STATES = ("undecided", "accept", "reject", "edit")
@@ -83,7 +83,7 @@ class View:
         latest = self.decisions()
         facets = {k: v for k, v in filters.items() if k in FACETS}
         entries = self.index.select(facets, query)
-        counts = facet_counts(entries)
+        counts = dict(self.index.counts(facets, query))
         counts["review"] = Counter(self.state(latest, e.id) for e in entries)
         if filters.get("review"):
             entries = [e for e in entries if self.state(latest, e.id) == filters["review"]]
@@ -154,12 +154,12 @@ class View:
     def principle_stats(self) -> list[dict]:
         drawn, records, flagged, problems = Counter(), Counter(), Counter(), Counter()
         for e in self.index.current:
-            ids = e.facets["principle"]
+            ids = e.get("principle")
             records.update(ids)
-            if e.facets["flag"] != ("none",):
+            if e.get("flag") != ("none",):
                 flagged.update(ids)
-            problems.update(p.split(":", 1)[0] for p in e.facets["problem"])
-            drawn.update(e.facets["drawn"])
+            problems.update(p.split(":", 1)[0] for p in e.get("problem"))
+            drawn.update(e.get("drawn"))
         return sorted(({"id": p, "drawn": drawn[p], "records": n, "flagged": flagged[p],
                         "rate": flagged[p] / n if n else 0.0, "problems": problems[p],
                         "problem_rate": problems[p] / drawn[p] if drawn[p] else 0.0}
@@ -169,15 +169,15 @@ class View:
         stats = next((s for s in self.principle_stats() if s["id"] == pid), None)
         if stats is None:
             return None
-        reasons = Counter(p.split(":", 1)[1] for e in self.index.current for p in e.facets["problem"]
+        reasons = Counter(p.split(":", 1)[1] for e in self.index.current for p in e.get("problem")
                           if p.split(":", 1)[0] == pid)
-        flag_reasons = Counter(f for e in self.index.current if pid in e.facets["principle"]
-                               for f in e.facets["flag"] if f != "none")
+        flag_reasons = Counter(f for e in self.index.current if pid in e.get("principle")
+                               for f in e.get("flag") if f != "none")
         shown = []
         for e in self.index.current:
             if len(shown) >= samples:
                 break
-            if pid in e.facets["principle"]:
+            if pid in e.get("principle"):
                 rec, before = self.index.load(e), None
                 for r in rec.get("rounds") or ():
                     prior = before if before is not None else rec.get("initial") or ""
