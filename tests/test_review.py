@@ -197,6 +197,11 @@ def test_writes_need_token_host_and_origin_and_only_review_jsonl_changes(served)
     assert "r-000" not in rebound
     assert _request(s.url + "api/decide", json.dumps({"record": "nope", "hash": "0" * 16, "decision": "accept"}).encode(),
                     good)[0] == 400
+    # A page loaded before a generate rewrote the record: its decision would be stale on arrival.
+    old = json.dumps({"record": "r-000", "hash": "0" * 16, "decision": "reject"}).encode()
+    assert _request(s.url + "api/decide", old, good)[0] == 409
+    no_pair = json.dumps({"record": "r-000", "pair": "samples:1-2", "hash": record_hash(rec), "decision": "reject"})
+    assert _request(s.url + "api/decide", no_pair.encode(), good)[0] == 400
     assert decisions_in(out) == []
     status, answer = _request(s.url + "api/decide", body, good)
     assert status == 200 and json.loads(answer)["who"] == "ada"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
-import re
 import secrets
 import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +30,6 @@ from cai.review.index import FACETS, RunIndex
 from cai.review.pages import STATES, Links, View
 
 MAX_BODY = 1 << 20
-_HASH = re.compile(r"^[0-9a-f]{16}$")
 
 
 def is_loopback(host: str) -> bool:
@@ -82,24 +80,34 @@ class Session:
         return self._decisions
 
     def decide(self, body: dict) -> dict:
-        """Check a decision from the page and append it; ValueError says what is wrong."""
+        """Check a decision from the page and append it; ValueError (400) or Changed (409) says what is wrong."""
         rid, pair, kind = body.get("record"), body.get("pair") or None, body.get("decision")
         if kind not in decisions.KINDS:
             raise ValueError("decision must be accept, reject or edit")
-        if not isinstance(rid, str) or self.index.get(rid) is None:
+        found = self.index.get(rid) if isinstance(rid, str) else None
+        if found is None:
             raise ValueError("no such record in this run")
-        if pair is not None and not isinstance(pair, str):
-            raise ValueError("pair must be a string")
-        if not isinstance(body.get("hash"), str) or not _HASH.match(body["hash"]):
-            raise ValueError("hash must be the content hash the page showed")
-        chosen = body.get("chosen")
+        rec = found[1]
+        if pair is None:
+            current = decisions.record_hash(rec)
+        else:
+            comp = next((c for c in (rec.get("feedback") or {}).get("comparisons") or () if c.get("pair") == pair), None)
+            if comp is None:
+                raise ValueError("no such judged pair in this record")
+            current = decisions.pair_hash(rec, comp)
+        if body.get("hash") != current:  # a generate rewrote it after the page was loaded
+            raise Changed("the record changed since this page was loaded: reload it and decide again")
+        chosen, note = body.get("chosen"), body.get("note")
         if kind == "edit" and (not isinstance(chosen, str) or not chosen.strip()):
             raise ValueError("an edit needs the new chosen text")
-        note = body.get("note")
-        entry = {"who": self.who, "record": rid, "pair": pair, "hash": body["hash"], "decision": kind,
-                 "swap": bool(body.get("swap")), "chosen": chosen if kind == "edit" else None,
-                 "note": note if isinstance(note, str) and note.strip() else None}
+        entry = {"who": self.who, "record": rid, "pair": pair, "hash": current, "decision": kind,
+                 "swap": body.get("swap") is True, "chosen": chosen if kind == "edit" else None,
+                 "note": note.strip() if isinstance(note, str) and note.strip() else None}
         return decisions.append(self.run_dir, entry)
+
+
+class Changed(ValueError):
+    pass
 
 
 def _handler(review: Session):
@@ -187,7 +195,7 @@ def _handler(review: Session):
                 review.index.refresh()
                 line = review.decide(body)
             except ValueError as exc:
-                return self._send(400, f"{exc}\n", "text/plain")
+                return self._send(409 if isinstance(exc, Changed) else 400, f"{exc}\n", "text/plain")
             self._send(200, json.dumps(line, ensure_ascii=False), "application/json")
 
     return Handler
