@@ -124,8 +124,11 @@ def _counts_section(run: dict) -> str:
 
 
 def _reviewed_note(c: dict) -> str:
-    n = (c.get("review") or {}).get("reviewed", 0)
-    return f"a person reviewed {n} of the preference rows (the `reviewed` column)" if n else "nobody reviewed them"
+    r = c.get("review") or {}
+    n, sft = r.get("reviewed", 0), (r.get("sft") or {}).get("reviewed", 0)
+    if not n and not sft:
+        return "nobody reviewed them"
+    return f"a person reviewed {n} preference rows and {sft} SFT rows (the `reviewed` column), not the rest"
 
 
 def _review_lines(r: dict | None) -> list[str]:

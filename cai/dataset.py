@@ -170,7 +170,7 @@ def build(records: Iterable[dict], run_dir: str | Path, test_size: float, feedba
                 labels.update(counts)
                 comps = {c["pair"]: c for c in rec["feedback"]["comparisons"]} if judged else {}
                 for row in judged:
-                    row = _honour(row, review.for_pair(rec, comps[row["pair"]]) or decided, review, judged=True)
+                    row = _honour(row, review.for_pair(rec, comps[row["pair"]], decided), review, judged=True)
                     if row is not None:
                         writers.add("default", split, row)
             elif not rec.get("kept") and (not rec["flags"] or (decided and decided["decision"] != "reject")):

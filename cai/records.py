@@ -63,7 +63,9 @@ class RecordStore:
     def shards(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
-        damaged = {q["shard"] for q in self.quarantined}
+        # A damaged shard still in place (readonly) is skipped; a moved one's name may be reused by the
+        # next shard written, which must be read.
+        damaged = {q["shard"] for q in self.quarantined if q["moved_to"] is None}
         return sorted(p for p in self.dir.iterdir() if SHARD.match(p.name) and p.name not in damaged)
 
     def sweep(self) -> None:

@@ -110,6 +110,41 @@ def test_pair_decisions_with_ai_feedback(tmp_path):
     assert new["chosen_prob"] == pytest.approx(1 - old["chosen_prob"]) and new["margin"] == pytest.approx(-old["margin"])
     assert new["p_first"] == pytest.approx(1 - old["p_second"]) and new["reviewed"] == "edited"
 
+    # Record and pair decisions: the later applies. A record rejected after its pair was accepted loses it;
+    # a pair accepted after its record was rejected stays, alone.
+    third = recs[multi[2]] if len(multi) > 2 else None
+    decide(out, one, "reject")
+    if third:
+        decide(out, third, "reject")
+        decide(out, third, "accept", pair={c["pair"]: c for c in third["feedback"]["comparisons"]}[pairs[third["id"]][0]["pair"]])
+    rebuild.rebuild(out)
+    after = rows_of(out)
+    assert one["id"] not in after
+    if third:
+        assert [r["pair"] for r in after[third["id"]]] == [pairs[third["id"]][0]["pair"]]
+        assert after[third["id"]][0]["reviewed"] == "accepted"
+
+
+def test_a_decision_goes_stale_when_the_judge_flips_its_pair(tmp_path):
+    from cai import dataset
+    from cai.config import FeedbackConfig
+
+    out = review_run(tmp_path, n=4, feedback={"enabled": True})
+    recs = current(out)
+    rec = next(r for r in recs.values() if (r.get("feedback") or {}).get("comparisons"))
+    comp = rec["feedback"]["comparisons"][0]
+    decide(out, rec, "accept", pair=comp, swap=True)  # "the judge got this one backwards"
+    other = next(r for r in recs.values() if r["id"] != rec["id"] and (r.get("feedback") or {}).get("comparisons"))
+    decide(out, other, "edit", chosen="hand-written")
+    flipped = json.loads(json.dumps(list(recs.values())))
+    for r in flipped:  # a re-run whose judge now prefers the other answer in every pair
+        for c in (r.get("feedback") or {}).get("comparisons") or ():
+            c.update(p_a=1 - c["p_a"], p_first=1 - c["p_second"], p_second=1 - c["p_first"])
+    review = decisions.Review.of(out)
+    built = dataset.build(flipped, tmp_path / "flipped", 0.25, FeedbackConfig(enabled=True), review)
+    assert built["review"]["stale"] == 2 and built["review"]["reviewed"] == 0
+    assert sorted(built["review"]["stale_items"]) == sorted([f"{rec['id']} ({comp['pair']})", other["id"]])
+
 
 def test_a_decision_on_changed_text_is_stale_and_not_applied(tmp_path):
     out = review_run(tmp_path)
@@ -217,12 +252,19 @@ def test_writes_need_token_host_and_origin_and_only_review_jsonl_changes(served)
 def test_paths_that_leave_the_run_are_refused(served, tmp_path):
     out, s = served
     (tmp_path / "secret.txt").write_text("TOP-SECRET")
-    for path in ("/../secret.txt", "/%2e%2e/%2e%2e/etc/passwd", "/record/..%2f..%2fsecret.txt", "/..%5csecret.txt",
-                 "/run.json", "/records/shard-000000.jsonl", "/record?id=../../secret.txt"):
+    leaving = ("/../secret.txt", "/%2e%2e/%2e%2e/etc/passwd", "/record/..%2f..%2fsecret.txt", "/..%5csecret.txt",
+               "/%252e%252e/secret.txt")
+    for path in (*leaving, "/record?id=../../secret.txt", "/run.json", "/records/shard-000000.jsonl", "/review.jsonl"):
         reply = _raw(s.port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nConnection: close\r\n\r\n")
         status = int(reply.split()[1])
-        assert status in (400, 404), (path, reply[:200])
+        # Paths with `..` are refused outright; other paths are not pages (no file is served from disk).
+        assert status == (400 if path in leaving else 404), (path, reply[:200])
         assert "TOP-SECRET" not in reply and "root:" not in reply and '"fingerprint"' not in reply
+    # Odd input is a 400, never a 500 or a dropped connection.
+    assert _request(s.url + "?page=%C2%B2")[0] == 200
+    reply = _raw(s.port, f"POST /api/decide HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nOrigin: {s.url.rstrip('/')}\r\n"
+                         "Content-Length: abc\r\nConnection: close\r\n\r\n")
+    assert reply.split()[1] == "403"  # no token: refused before the body is read
 
 
 def test_new_records_of_a_running_generate_appear_on_reload_and_no_lock_is_taken(tmp_path):
@@ -258,6 +300,43 @@ def test_a_damaged_shard_is_shown_not_fatal(tmp_path):
     assert bad.exists()  # the viewer moves nothing; the next generate quarantines it
 
 
+def test_a_shard_quarantined_and_rewritten_under_its_name_is_read_again(tmp_path):
+    out = review_run(tmp_path, n=6)
+    last = sorted((out / "records").glob("shard-*.jsonl"))[-1]
+    # A line of another run that looks whole is skipped, as generate skips it: no banner.
+    with open(last, "a") as fh:
+        fh.write('{"id": broken, "fingerprint": "elsewhere"}\n')
+    s = Served(out)
+    try:
+        page = _request(s.url)[1]
+        assert "data-damaged" not in page and "7 records" in page
+        with open(last, "a") as fh:  # now a torn line: the shard is damaged
+            fh.write('{"id": "r-000", "prompt": "torn\n')
+        page = _request(s.url)[1]  # a shard that changed on disk is read again
+        assert 'data-damaged="' + last.name + '"' in page and "r-000" not in page
+        summary = rerun(tmp_path)  # generate quarantines it and writes the records again, same shard name
+        assert summary["counts"]["records"] == 7 and summary["counts"]["quarantined"] == 1
+        assert (out / "records" / "quarantine").is_dir() and last.exists()
+        page = _request(s.url)[1]
+        assert "data-damaged" not in page and "7 records" in page and "r-000" in page
+    finally:
+        s.stop()
+
+
+def test_unreadable_decision_lines_are_skipped_and_named(tmp_path):
+    out = review_run(tmp_path, n=4)
+    rec = current(out)["r-000"]
+    with open(out / "review.jsonl", "w") as fh:
+        fh.write(json.dumps({"record": "r-000", "decision": "accept", "pair": ["a"], "hash": "x"}) + "\n")
+        fh.write(json.dumps({"record": "r-000", "decision": "edit", "chosen": None, "hash": "x"}) + "\n")
+        fh.write("{not json\n")
+    decide(out, rec, "reject")
+    run = rebuild.rebuild(out)
+    assert run["counts"]["review"]["unreadable_lines"] == 3 and run["counts"]["review"]["rejected"] == 1
+    assert any("3 lines of review.jsonl could not be read" in w for w in run["warnings"])
+    assert "r-000" not in rows_of(out)
+
+
 def test_export_is_self_contained_escaped_and_never_overwrites_foreign_folders(tmp_path):
     out = review_run(tmp_path)
     rec = current(out)["r-002"]
@@ -284,6 +363,21 @@ def test_export_is_self_contained_escaped_and_never_overwrites_foreign_folders(t
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "not empty and not an earlier export" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_export_of_an_ai_feedback_run_links_only_to_pages_it_has(tmp_path):
+    out = review_run(tmp_path, n=2, rounds=1, feedback={"enabled": True, "principles": 4})
+    recs = current(out)
+    judged = {p for r in recs.values() for c in r["feedback"]["comparisons"] for p in c["principle_ids"]}
+    drawn = {x["principle_id"] for r in recs.values() for x in r["rounds"]}
+    assert judged - drawn  # a principle only the judge used: it has a page too
+    pages = {p.name: p.read_text() for p in (export.export(out, tmp_path / "share") and (tmp_path / "share")).glob("*.html")}
+    for name, html in pages.items():
+        for href in re.findall(r'href="([^"#]+)"', html):
+            assert href in pages, (name, href)
+    only_judged = sorted(judged - drawn)[0]
+    page = pages[export.ExportLinks().principle(only_judged)]
+    assert "the judge compared answers under it in" in page
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path):

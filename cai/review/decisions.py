@@ -33,14 +33,22 @@ def _digest(parts) -> str:
     return hashlib.sha256("\x1f".join(p or "" for p in parts).encode()).hexdigest()[:16]
 
 
+def _side(comp: dict) -> str:
+    """Which answer the judge prefers: a decision to swap or edit means nothing once that flips."""
+    p = comp.get("p_a")
+    return "?" if p is None else "a" if p > 0.5 else "b" if p < 0.5 else "="
+
+
 def record_hash(rec: dict) -> str:
-    """What a reviewer of a record read: prompt, initial answer, each round's principle, critique, revision."""
+    """What a reviewer of a record read: prompt, initial answer, each round's principle, critique, revision,
+    and which side the judge took in each of its pairs."""
     rounds = [x for r in rec.get("rounds") or [] for x in (r.get("principle_id"), r.get("critique"), r.get("revision"))]
-    return _digest([rec.get("prompt"), rec.get("initial"), *rounds, rec.get("final")])
+    judged = [f"{c.get('pair')}:{_side(c)}" for c in (rec.get("feedback") or {}).get("comparisons") or ()]
+    return _digest([rec.get("prompt"), rec.get("initial"), *rounds, rec.get("final"), *judged])
 
 
 def pair_hash(rec: dict, comp: dict) -> str:
-    return _digest([rec.get("prompt"), comp.get("pair"), comp.get("a"), comp.get("b")])
+    return _digest([rec.get("prompt"), comp.get("pair"), comp.get("a"), comp.get("b"), _side(comp)])
 
 
 def reviewer(name: str | None = None) -> str:
@@ -81,14 +89,27 @@ def read(run_dir: str | Path) -> tuple[list[dict], list[str]]:
             if not raw.strip():
                 continue
             try:
-                d = json.loads(raw)
-                if not (isinstance(d, dict) and isinstance(d.get("record"), str) and d.get("decision") in KINDS):
-                    raise ValueError("not a decision (record, decision accept/reject/edit)")
+                d = _valid(json.loads(raw))
             except ValueError as exc:
                 bad.append(f"{path}:{n}: skipped ({str(exc).splitlines()[0]})")
                 continue
             lines.append(d)
     return lines, bad
+
+
+def _valid(d) -> dict:
+    """A decision line as the server writes it, or ValueError naming what is wrong (a hand-edited file)."""
+    if not isinstance(d, dict) or not isinstance(d.get("record"), str) or d.get("decision") not in KINDS:
+        raise ValueError("not a decision (record, decision accept/reject/edit)")
+    if d.get("pair") is not None and not isinstance(d["pair"], str):
+        raise ValueError("pair must be a string or null")
+    if not isinstance(d.get("hash"), str):
+        raise ValueError("no content hash")
+    if not isinstance(d.get("swap", False), bool):
+        raise ValueError("swap must be true or false")
+    if d["decision"] == "edit" and not (isinstance(d.get("chosen"), str) and d["chosen"].strip()):
+        raise ValueError("an edit needs its chosen text")
+    return d
 
 
 def item_key(record: str, pair: str | None = None) -> tuple[str, str | None]:
@@ -100,8 +121,8 @@ class Review:
 
     def __init__(self, lines: list[dict], problems: list[str] = ()):
         self.latest: dict[tuple, dict] = {}
-        for d in lines:  # file order is decision order: the later line wins
-            self.latest[item_key(d["record"], d.get("pair"))] = d
+        for seq, d in enumerate(lines):  # file order is decision order: the later line wins
+            self.latest[item_key(d["record"], d.get("pair"))] = {**d, "seq": seq}
         self.problems = list(problems)
         self.stale: list[dict] = []
         self.rows: Counter = Counter()  # preference rows: accepted / edited / rejected
@@ -121,8 +142,12 @@ class Review:
     def for_record(self, rec: dict) -> dict | None:
         return self._check(item_key(rec["id"]), record_hash(rec))
 
-    def for_pair(self, rec: dict, comp: dict) -> dict | None:
-        return self._check(item_key(rec["id"], comp["pair"]), pair_hash(rec, comp))
+    def for_pair(self, rec: dict, comp: dict, record_decision: dict | None) -> dict | None:
+        """The decision in force for one judged pair: its own or its record's, whichever came later."""
+        own = self._check(item_key(rec["id"], comp["pair"]), pair_hash(rec, comp))
+        if own is None or record_decision is None:
+            return own or record_decision
+        return own if own["seq"] > record_decision["seq"] else record_decision
 
     def counts(self) -> dict:
         """For run.json, the card and diff: rows a person accepted, edited (text or swap) or rejected."""

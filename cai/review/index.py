@@ -18,6 +18,7 @@ import threading
 from collections import Counter, OrderedDict
 from pathlib import Path
 
+from cai.config import FeedbackConfig
 from cai.records import SHARD, parse_line
 
 BANDS = ((0.6, "0.5-0.6"), (0.7, "0.6-0.7"), (0.8, "0.7-0.8"), (0.9, "0.8-0.9"), (1.01, "0.9-1.0"))
@@ -33,7 +34,8 @@ def band(p_a: float | None) -> str:
     return next(name for top, name in BANDS if chosen < top)
 
 
-FIELDS = (*FACETS, "drawn", "problem")  # drawn: every round's principle; problem: "principle:reason" per bad round
+# drawn: every round's principle; problem: "principle:reason" per bad round; judged: the judge's principles
+FIELDS = (*FACETS, "drawn", "problem", "judged")
 _POS = {name: i for i, name in enumerate(FIELDS)}
 _SHARED: dict[tuple, tuple] = {}  # one copy of each distinct value tuple: a few hundred across a million records
 
@@ -65,6 +67,7 @@ class Entry:
             drawn,
             tuple(intern(f"{r.get('principle_id')}:{p}") for r in rounds
                   for p in (r.get("critique_problem"), r.get("revision_problem")) if p),
+            tuple(dict.fromkeys(intern(str(p)) for c in comps for p in c.get("principle_ids") or ())),
         ))
 
     def get(self, name: str) -> tuple:
@@ -75,13 +78,21 @@ class Entry:
         return dict(zip(FIELDS, self.values))
 
 
+def feedback_settings(run: dict) -> FeedbackConfig:
+    """The run's judge settings (ties, confidence), or the defaults when run.json lacks or garbles them."""
+    try:
+        return FeedbackConfig.model_validate((run.get("config") or {}).get("feedback") or {})
+    except (ValueError, AttributeError):  # pydantic's ValidationError is a ValueError
+        return FeedbackConfig()
+
+
 class RunIndex:
     """Current records of a run (run.json's fingerprint; the latest line per id), in shard order."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.records_dir = self.run_dir / "records"
-        self._shards: dict[str, list[Entry]] = {}
+        self._shards: dict[str, tuple[tuple, list[Entry]]] = {}  # name -> ((inode, size), entries)
         self.damaged: dict[str, dict] = {}  # shard -> {shard, line, error}
         self.current: list[Entry] = []
         self.by_id: dict[str, int] = {}
@@ -98,44 +109,57 @@ class RunIndex:
             return self.run
 
     def refresh(self) -> None:
-        """Scan shards that appeared since the last call; recompute the current set if anything changed."""
+        """Scan shards that appeared (or were replaced) since the last call; recompute the current set if
+        anything changed. A shard is known by name and inode: a generate that quarantines a damaged shard
+        writes its replacement under the same name."""
         with self._lock:
-            names = sorted(p.name for p in self.records_dir.iterdir() if SHARD.match(p.name)) \
-                if self.records_dir.is_dir() else []
+            found = {}
+            for p in self.records_dir.iterdir() if self.records_dir.is_dir() else ():
+                if SHARD.match(p.name):
+                    try:
+                        st = p.stat()
+                    except FileNotFoundError:  # moved aside right now
+                        continue
+                    found[p.name] = (st.st_ino, st.st_size)
             run = self._read_run()
-            feedback = (run.get("config") or {}).get("feedback") or {}
-            tie = float(feedback.get("tie_threshold", 0.02))
-            for name in names:
+            fingerprint = run.get("fingerprint")
+            for name in set(self._shards) | set(self.damaged):
+                known = self._shards[name][0] if name in self._shards else self.damaged[name]["ident"]
+                if found.get(name) != known:  # gone or replaced
+                    self._shards.pop(name, None)
+                    self.damaged.pop(name, None)
+            for name, ident in sorted(found.items()):
                 if name not in self._shards and name not in self.damaged:
-                    self._scan(name, tie)
-            for gone in set(self._shards) - set(names):  # quarantined by a generate since
-                del self._shards[gone]
-            for gone in set(self.damaged) - set(names):
-                del self.damaged[gone]
-            seen = (tuple(names), run.get("fingerprint"))
+                    self._scan(name, ident, feedback_settings(run).tie_threshold, fingerprint)
+            names = sorted(found)
+            seen = (tuple(sorted(found.items())), fingerprint)
             self.run = run
             if seen != self._seen:
                 self._seen = seen
-                self._settle(run.get("fingerprint"), names)
+                self._settle(fingerprint, names)
                 self._memo.clear()
 
-    def _scan(self, name: str, tie: float) -> None:
-        found, offset = [], 0
+    def _scan(self, name: str, ident: tuple, tie: float, fingerprint: str | None) -> None:
+        found, offset, mark = [], 0, (fingerprint or "").encode()
         with open(self.records_dir / name, "rb") as fh:
             for n, line in enumerate(fh, 1):
                 if line.strip():
                     try:
                         found.append(Entry(parse_line(line), name, offset, tie))
                     except ValueError as exc:
-                        self.damaged[name] = {"shard": name, "line": n, "error": f"{type(exc).__name__}: {exc}"}
-                        return
+                        # generate's rule (RecordStore.current): a whole-looking line of another run is
+                        # skipped unread; any other bad line damages the shard.
+                        if not (line.startswith(b"{") and line.endswith(b"}\n") and mark and mark not in line):
+                            self.damaged[name] = {"shard": name, "line": n, "ident": ident,
+                                                  "error": f"{type(exc).__name__}: {exc}"}
+                            return
                 offset += len(line)
-        self._shards[name] = found
+        self._shards[name] = (ident, found)
 
     def _settle(self, fingerprint: str | None, names: list[str]) -> None:
         latest: dict[str, Entry] = {}
         for name in names:
-            for e in self._shards.get(name, ()):
+            for e in self._shards.get(name, (None, ()))[1]:
                 if fingerprint is None or e.fingerprint == fingerprint:
                     latest.pop(e.id, None)  # the latest line wins, and takes its place in the order
                     latest[e.id] = e

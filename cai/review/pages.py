@@ -19,10 +19,12 @@ import jinja2
 from cai.labels import label
 from cai.quality import EXPLAIN
 from cai.review.decisions import pair_hash, record_hash
-from cai.review.index import FACETS, RunIndex
+from cai.review.index import FACETS, RunIndex, feedback_settings
 
 PAGE = 50
-STATES = ("undecided", "accept", "reject", "edit")
+# A record's review state in the list: its own decision, else "pairs" when only some of its judged pairs
+# have one. Rows on the page also show "stale" (the record changed since); counting that needs every record.
+STATES = ("undecided", "accept", "reject", "edit", "pairs")
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("cai.review", "templates"), autoescape=True,
                           trim_blocks=True, lstrip_blocks=True)
 _ENV.filters["combine"] = lambda d, key, value: {**d, key: value}  # a filter link: the others, and this one
@@ -77,7 +79,11 @@ class View:
 
     def state(self, latest: dict, rid: str) -> str:
         d = latest.get((rid, None))
-        return d["decision"] if d else "undecided"
+        if d:
+            return d["decision"]
+        if getattr(self, "_paired", (None,))[0] is not latest:
+            self._paired = (latest, {k[0] for k in latest if k[1]})
+        return "pairs" if rid in self._paired[1] else "undecided"
 
     def list_page(self, filters: dict, query: str = "", page: int = 1) -> str:
         latest = self.decisions()
@@ -92,8 +98,9 @@ class View:
         rows = []
         for e in entries[(page - 1) * PAGE: page * PAGE]:
             rec = self.index.load(e)
-            rows.append({"id": e.id, "prompt": rec.get("prompt") or "", "facets": e.facets,
-                         "state": self.state(latest, e.id), "hash": record_hash(rec),
+            h, d = record_hash(rec), latest.get((e.id, None))
+            rows.append({"id": e.id, "prompt": rec.get("prompt") or "", "facets": e.facets, "hash": h,
+                         "state": "stale" if d and d["hash"] != h else self.state(latest, e.id),
                          "href": self.links.record(e.id, filters | ({"q": query} if query else {}))})
         every = {**filters, **({"q": query} if query else {})}
         return self.render("list.html", rows=rows, counts=counts, filters=filters, query=query, page=page,
@@ -141,9 +148,7 @@ class View:
                 "position": (i + 1, len(ids)) if i >= 0 else None}
 
     def _comparison(self, rec: dict, c: dict, latest: dict) -> dict:
-        fb = (self.index.run.get("config") or {}).get("feedback") or {}
-        cfg = type("Cfg", (), {"tie_threshold": fb.get("tie_threshold", 0.02), "include_ties": fb.get("include_ties", False),
-                               "min_confidence": fb.get("min_confidence", 0.5)})
+        cfg = feedback_settings(self.index.run)
         h = pair_hash(rec, c)
         d = latest.get((rec["id"], c["pair"]))
         return {**c, "label": label(c, cfg), "hash": h, "decided": d, "stale": bool(d and d.get("hash") != h)}
@@ -152,7 +157,8 @@ class View:
         return self.render("principles.html", table=self.principle_stats())
 
     def principle_stats(self) -> list[dict]:
-        drawn, records, flagged, problems = Counter(), Counter(), Counter(), Counter()
+        """Per principle: rounds drawn, records, flagged records, rounds with a problem, records judged with it."""
+        drawn, records, flagged, problems, judged = Counter(), Counter(), Counter(), Counter(), Counter()
         for e in self.index.current:
             ids = e.get("principle")
             records.update(ids)
@@ -160,10 +166,11 @@ class View:
                 flagged.update(ids)
             problems.update(p.split(":", 1)[0] for p in e.get("problem"))
             drawn.update(e.get("drawn"))
-        return sorted(({"id": p, "drawn": drawn[p], "records": n, "flagged": flagged[p],
-                        "rate": flagged[p] / n if n else 0.0, "problems": problems[p],
-                        "problem_rate": problems[p] / drawn[p] if drawn[p] else 0.0}
-                       for p, n in records.items()), key=lambda r: (-r["rate"], -r["problem_rate"], r["id"]))
+            judged.update(e.get("judged"))
+        return sorted(({"id": p, "drawn": drawn[p], "records": records[p], "flagged": flagged[p],
+                        "rate": flagged[p] / records[p] if records[p] else 0.0, "problems": problems[p],
+                        "problem_rate": problems[p] / drawn[p] if drawn[p] else 0.0, "judged": judged[p]}
+                       for p in records.keys() | judged.keys()), key=lambda r: (-r["rate"], -r["problem_rate"], r["id"]))
 
     def principle_page(self, pid: str, samples: int = 5) -> str | None:
         stats = next((s for s in self.principle_stats() if s["id"] == pid), None)
@@ -186,5 +193,5 @@ class View:
                                       "diff": word_diff(prior, r.get("revision") or "")})
                     before = r.get("revision") or ""
         return self.render("principle.html", pid=pid, stats=stats, reasons=reasons, flag_reasons=flag_reasons,
-                           shown=shown, records_href=self.links.list({"principle": pid}),
+                           shown=shown, records_href=self.links.list({"principle": pid}) if stats["records"] else None,
                            flagged_hrefs={f: self.links.list({"principle": pid, "flag": f}) for f in flag_reasons})

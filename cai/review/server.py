@@ -52,7 +52,8 @@ class Session:
     def allowed_hosts(self) -> set[str]:
         names = {self.host, "localhost", "127.0.0.1", "[::1]"} if is_loopback(self.host) else \
             {self.host, socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1"}
-        return {f"{n}:{self.port}" for n in names}
+        # A browser leaves the port out of Host when it is the scheme's default.
+        return {f"{n}:{self.port}" for n in names} | (names if self.port == 80 else set())
 
     def host_ok(self, host_header: str | None) -> bool:
         if not host_header:
@@ -162,7 +163,8 @@ def _handler(review: Session):
             view = View(review.index, links, review.decisions, review.token, nonce)
             page = None
             if url.path == "/":
-                page = view.list_page(filters, q.get("q", ""), int(q["page"]) if q.get("page", "").isdigit() else 1)
+                number = q.get("page", "")
+                page = view.list_page(filters, q.get("q", ""), int(number) if number.isascii() and number.isdigit() else 1)
             elif url.path == "/record":
                 page = view.record_page(q.get("id", ""), filters, q.get("q", ""))
             elif url.path == "/principles":
@@ -185,7 +187,8 @@ def _handler(review: Session):
                                   "text/plain")
             if not secrets.compare_digest(self.headers.get("X-CAI-Token", ""), review.token):
                 return self._send(403, "refused: missing or wrong review token; reload the page\n", "text/plain")
-            n = int(self.headers.get("Content-Length") or 0)
+            length = self.headers.get("Content-Length") or ""
+            n = int(length) if length.isascii() and length.isdigit() else 0
             if not 0 < n <= MAX_BODY or "json" not in (self.headers.get("Content-Type") or ""):
                 return self._send(400, "a decision is a JSON body of at most 1 MiB\n", "text/plain")
             try:
