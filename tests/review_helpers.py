@@ -14,6 +14,7 @@ from helpers import run, write_pipeline
 from cai.backends.scripted import ScriptedBackend, echo_script
 from cai.review import server
 
+XSS_ID = 'x/<s>&"#?%ü'  # an id that is a path, markup, a query and a fragment at once
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> & "quotes"'
 
 
@@ -40,7 +41,7 @@ def write_review_prompts(path: Path, n: int = 10) -> Path:
             flag = " FLAGME" if i % 4 == 1 else ""
             cat = "cooking" if i % 2 else "safety"
             fh.write(json.dumps({"id": f"r-{i:03d}", "prompt": f"Tell me about topic {i}{flag}?", "category": cat}) + "\n")
-        fh.write(json.dumps({"id": "xss", "prompt": XSS, "category": "safety"}) + "\n")
+        fh.write(json.dumps({"id": XSS_ID, "prompt": XSS, "category": "safety"}) + "\n")
     return path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from review_helpers import Served, decisions_in, rerun, review_run, serving
+from review_helpers import XSS_ID, Served, decisions_in, rerun, review_run, serving
 
 from cai import card, diff
 from cai.records import RecordStore
@@ -349,8 +349,9 @@ def test_export_is_self_contained_escaped_and_never_overwrites_foreign_folders(t
     assert "http://" not in every and "https://" not in every
     assert not re.search(r"<(img|link|iframe)\b|<script[^>]*\bsrc=", every)  # no assets to fetch
     assert 'name="cai-token"' not in every and "data-decide=" not in every  # read-only: no decision controls
-    xss = pages[export.ExportLinks().record("xss")]
+    xss = pages[export.ExportLinks().record(XSS_ID)]
     assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in xss and "<script>window.__xss" not in xss
+    assert "x/&lt;s&gt;&amp;&#34;#?%ü" in xss and "x/<s>" not in every
     assert "edited by hand" in pages[export.ExportLinks().record("r-002")]
     for name, html in pages.items():  # every link lands on an exported page
         for href in re.findall(r'href="([^"#]+)"', html):

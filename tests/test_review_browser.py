@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 
+from urllib.parse import quote
+
 import pyarrow.parquet as pq
 import pytest
-from review_helpers import XSS, decisions_in, serving
+from review_helpers import XSS, XSS_ID, decisions_in, serving
 
 from cai.review import rebuild
 
@@ -120,15 +122,17 @@ def test_xss_prompt_renders_as_text(browser, site):
     _, s = site
     # The page's Content-Security-Policy would block an injected script anyway; what shows that the text
     # is escaped is the DOM: the prompt is text, and no <script> or <img> element came from it.
-    for path in ("record?id=xss", "?q=quotes"):
+    page = "record?id=" + quote(XSS_ID, safe="")
+    for path in (page, "?q=quotes"):
         browser.get(s.url + path)
         assert browser.execute_script("return document.querySelectorAll('img').length") == 0
         assert browser.execute_script("return document.scripts.length") == 1  # the page's own
         assert browser.execute_script("return window.__xss === undefined")
     assert XSS[:40] in browser.find_element(By.ID, "records").text
-    browser.get(s.url + "record?id=xss")
+    # Opened from the list by its link, the odd id finds its record.
+    browser.find_element(By.LINK_TEXT, XSS_ID).click()
+    _wait_for(browser, lambda d: d.find_element(By.ID, "record-id").text == XSS_ID)
     assert browser.find_element(By.ID, "prompt").text == XSS
-    assert browser.find_element(By.ID, "record-id").text == "xss"
 
 
 def test_two_tabs_deciding_the_same_record_keep_both_lines(browser, site):
