@@ -383,7 +383,7 @@ def review(
             print(url, flush=True)
 
         try:
-            server.serve(run_dir, host, port, reviewer, ready)
+            server.serve(run_dir, host, port, reviewer, ready, say=lambda text: err.print(escape(text), soft_wrap=True))
         except KeyboardInterrupt:
             err.print("stopped; decisions are in " + escape(str(run_dir / "review.jsonl")))
 

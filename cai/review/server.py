@@ -205,8 +205,9 @@ def _handler(review: Session):
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, who: str | None = None,
-          ready=None) -> None:
-    """Serve until interrupted. `ready(url, server)` is called once listening (the CLI prints the URL)."""
+          ready=None, say=None) -> None:
+    """Serve until interrupted. `ready(url, server)` is called once listening (the CLI prints the URL),
+    `say(line)` once the port is held, before the records are read."""
     from cai.review.rebuild import read_run
 
     run_dir = Path(run_dir)
@@ -219,6 +220,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, who: s
         raise InputError([Problem("--port", None, "", f"{host}:{port}: {why}")]) from None
     server.daemon_threads = True
     review.port = server.server_address[1]  # --port 0: the one the system chose
+    if say:
+        say(f"reading the records of {run_dir} (a million take about 15 s) ...")
     review.index.refresh()
     try:
         if ready:
