@@ -375,10 +375,9 @@ def review(
             err.print(f"wrote {n} pages to {escape(str(export))} (open index.html)")
             print(export / "index.html")
             return
-        if not server.is_loopback(host):
-            _say([("warning", f"serving on {host}: anyone who can reach this address can read the run's records")])
-
         def ready(url, _server):
+            if not server.is_loopback(host):  # once bound: a host that cannot be bound is one error line
+                _say([("warning", f"serving on {host}: anyone who can reach this address can read the run's records")])
             err.print(f"reviewing {escape(str(run_dir))} at {url}  (Ctrl-C to stop)", soft_wrap=True)
             print(url, flush=True)
 

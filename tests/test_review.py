@@ -383,7 +383,7 @@ def test_export_of_an_ai_feedback_run_links_only_to_pages_it_has(tmp_path):
 
 def test_cli_errors_are_one_line_exit_2(tmp_path):
     out = review_run(tmp_path, n=3)
-    cases = [[str(tmp_path / "nowhere")], [str(tmp_path)]]
+    cases = [[str(tmp_path / "nowhere")], [str(tmp_path)], [str(out), "--host", "nosuchhost.invalid", "--port", "0"]]
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
