@@ -50,6 +50,12 @@ def parse_line(line: bytes) -> dict:
     return rec
 
 
+def of_another_run(line: bytes, mark: bytes) -> bool:
+    """A blank line, or a whole-looking one (every line we write is one JSON object and a newline) that
+    lacks this run's fingerprint `mark`: readers skip it unread, so damage there is not this run's."""
+    return not line.strip() or (line.startswith(b"{") and line.endswith(b"}\n") and mark not in line)
+
+
 class RecordStore:
     """Shards of one run. A damaged line (a disk fault, a bad copy, a sync tool) sends its
     shard to records/quarantine/: its examples are then pending again and recomputed,
@@ -102,9 +108,8 @@ class RecordStore:
             with open(shard, "rb") as fh:
                 for n, line in enumerate(fh):
                     # Cheap prefilter: parse only lines that can carry this fingerprint, or that
-                    # do not look whole (every line we write is one JSON object and a newline).
-                    whole = line.startswith(b"{") and line.endswith(b"}\n")
-                    if mark in line or not (whole or not line.strip()):
+                    # do not look whole.
+                    if not of_another_run(line, mark):
                         try:
                             rec = parse_line(line)
                         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError

@@ -17,7 +17,7 @@ from pathlib import Path
 from cai.errors import InputError, Problem
 from cai.review import decisions
 from cai.review.index import RunIndex, facet_counts
-from cai.review.pages import PAGE, View
+from cai.review.pages import View, pages_of
 from cai.review.rebuild import read_run
 from cai.runfiles import write_text_atomic
 
@@ -69,7 +69,7 @@ def export(run_dir: str | Path, out: str | Path) -> int:
     (out / MARKER).write_text(f"made by cai review --export from {run_dir.resolve()}\n", encoding="utf-8")
     index = RunIndex(run_dir)
     index.refresh()
-    latest = decisions.Review(decisions.read(run_dir)[0]).latest
+    latest = decisions.Review.of(run_dir).latest
     links = ExportLinks()
     view = View(index, links, lambda: latest, nonce=secrets.token_urlsafe(12))
     written = 0
@@ -85,9 +85,7 @@ def export(run_dir: str | Path, out: str | Path) -> int:
     states = {view.state(latest, e.id) for e in index.current}
     lists += [{"review": s} for s in sorted(states)]
     for filters in lists:
-        matched = len(index.select({k: v for k, v in filters.items() if k != "review"})) if "review" not in filters \
-            else sum(view.state(latest, e.id) == filters["review"] for e in index.current)
-        for n in range(1, max(1, -(-matched // PAGE)) + 1):
+        for n in range(1, pages_of(view.select(filters, "", latest)[1]) + 1):
             page(links.list(filters, n), view.list_page(filters, "", n))
     for e in index.current:
         page(links.record(e.id), view.record_page(e.id, {}))

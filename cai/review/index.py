@@ -19,7 +19,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 
 from cai.config import FeedbackConfig
-from cai.records import SHARD, parse_line
+from cai.records import SHARD, of_another_run, parse_line
 
 BANDS = ((0.6, "0.5-0.6"), (0.7, "0.6-0.7"), (0.8, "0.7-0.8"), (0.9, "0.8-0.9"), (1.01, "0.9-1.0"))
 MEMO = 32
@@ -147,9 +147,9 @@ class RunIndex:
                     try:
                         found.append(Entry(parse_line(line), name, offset, tie))
                     except ValueError as exc:
-                        # generate's rule (RecordStore.current): a whole-looking line of another run is
-                        # skipped unread; any other bad line damages the shard.
-                        if not (line.startswith(b"{") and line.endswith(b"}\n") and mark and mark not in line):
+                        # generate's rule (RecordStore.current): another run's line is skipped unread;
+                        # any other bad line damages the shard.
+                        if not (mark and of_another_run(line, mark)):
                             self.damaged[name] = {"shard": name, "line": n, "ident": ident,
                                                   "error": f"{type(exc).__name__}: {exc}"}
                             return

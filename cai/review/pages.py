@@ -85,24 +85,27 @@ class View:
             self._paired = (latest, {k[0] for k in latest if k[1]})
         return "pairs" if rid in self._paired[1] else "undecided"
 
+    def select(self, filters: dict, query: str, latest: dict) -> tuple[list, list]:
+        """(entries matching the facet filters and search, those also in the review-state filter)."""
+        entries = self.index.select({k: v for k, v in filters.items() if k in FACETS}, query)
+        wanted = filters.get("review")
+        return entries, [e for e in entries if self.state(latest, e.id) == wanted] if wanted else entries
+
     def list_page(self, filters: dict, query: str = "", page: int = 1) -> str:
         latest = self.decisions()
-        facets = {k: v for k, v in filters.items() if k in FACETS}
-        entries = self.index.select(facets, query)
-        counts = dict(self.index.counts(facets, query))
-        counts["review"] = Counter(self.state(latest, e.id) for e in entries)
-        if filters.get("review"):
-            entries = [e for e in entries if self.state(latest, e.id) == filters["review"]]
-        pages = max(1, -(-len(entries) // PAGE))
+        selected, entries = self.select(filters, query, latest)
+        counts = dict(self.index.counts({k: v for k, v in filters.items() if k in FACETS}, query))
+        counts["review"] = Counter(self.state(latest, e.id) for e in selected)
+        pages = pages_of(entries)
         page = min(max(page, 1), pages)
+        every = _keep(filters, query)
         rows = []
         for e in entries[(page - 1) * PAGE: page * PAGE]:
             rec = self.index.load(e)
             h, d = record_hash(rec), latest.get((e.id, None))
             rows.append({"id": e.id, "prompt": rec.get("prompt") or "", "facets": e.facets, "hash": h,
                          "state": "stale" if d and d["hash"] != h else self.state(latest, e.id),
-                         "href": self.links.record(e.id, filters | ({"q": query} if query else {}))})
-        every = {**filters, **({"q": query} if query else {})}
+                         "href": self.links.record(e.id, every)})
         return self.render("list.html", rows=rows, counts=counts, filters=filters, query=query, page=page,
                            pages=pages, matched=len(entries), first=(page - 1) * PAGE,
                            facet_names=(*FACETS, "review"), every=every,
@@ -115,32 +118,23 @@ class View:
             return None
         i, rec = found
         latest = self.decisions()
-        neighbours = self._neighbours(rid, i, filters, query)
-        rounds, before = [], rec.get("initial") or ""
-        for r in rec.get("rounds") or ():
-            rounds.append({**r, "diff": word_diff(before, r.get("revision") or "")})
-            before = r.get("revision") or ""
         comparisons = [self._comparison(rec, c, latest) for c in (rec.get("feedback") or {}).get("comparisons") or ()]
         rhash = record_hash(rec)
-        mine = [d for key, d in latest.items() if key[0] == rid]
         decided = latest.get((rid, None))
         return self.render(
-            "record.html", rec=rec, rounds=rounds, comparisons=comparisons, hash=rhash,
-            decided=decided, stale=bool(decided and decided.get("hash") != rhash), history=mine,
+            "record.html", rec=rec, rounds=rounds_with_diffs(rec), comparisons=comparisons, hash=rhash,
+            decided=decided, stale=bool(decided and decided.get("hash") != rhash),
+            history=[d for key, d in latest.items() if key[0] == rid],
             samples=(rec.get("feedback") or {}).get("samples") or [], filters=filters,
-            back=self.links.list({**filters, **({"q": query} if query else {})}), **neighbours)
+            back=self.links.list(_keep(filters, query)), **self._neighbours(rid, i, filters, query, latest))
 
-    def _neighbours(self, rid: str, i: int, filters: dict, query: str) -> dict:
-        facets = {k: v for k, v in filters.items() if k in FACETS}
-        if facets or query or filters.get("review"):
-            latest = self.decisions()
-            entries = [e for e in self.index.select(facets, query)
-                       if not filters.get("review") or self.state(latest, e.id) == filters["review"]]
-            ids = [e.id for e in entries]
+    def _neighbours(self, rid: str, i: int, filters: dict, query: str, latest: dict) -> dict:
+        if query or any(k in FACETS or k == "review" for k in filters):
+            ids = [e.id for e in self.select(filters, query, latest)[1]]
             i = ids.index(rid) if rid in ids else -1
         else:
             ids = [e.id for e in self.index.current]
-        keep = {**filters, **({"q": query} if query else {})}
+        keep = _keep(filters, query)
         prev_id = ids[i - 1] if i > 0 else None
         next_id = ids[i + 1] if 0 <= i < len(ids) - 1 else None
         return {"prev": self.links.record(prev_id, keep) if prev_id else None,
@@ -176,22 +170,38 @@ class View:
         stats = next((s for s in self.principle_stats() if s["id"] == pid), None)
         if stats is None:
             return None
-        reasons = Counter(p.split(":", 1)[1] for e in self.index.current for p in e.get("problem")
-                          if p.split(":", 1)[0] == pid)
-        flag_reasons = Counter(f for e in self.index.current if pid in e.get("principle")
-                               for f in e.get("flag") if f != "none")
-        shown = []
+        reasons, flag_reasons, mine = Counter(), Counter(), []
         for e in self.index.current:
+            reasons.update(p.split(":", 1)[1] for p in e.get("problem") if p.split(":", 1)[0] == pid)
+            if pid in e.get("principle"):
+                flag_reasons.update(f for f in e.get("flag") if f != "none")
+                mine.append(e)
+        shown = []
+        for e in mine:
+            rec = self.index.load(e)
+            shown += [{"id": rec["id"], "round": r, "href": self.links.record(rec["id"]), "diff": r["diff"]}
+                      for r in rounds_with_diffs(rec) if r.get("principle_id") == pid]
             if len(shown) >= samples:
                 break
-            if pid in e.get("principle"):
-                rec, before = self.index.load(e), None
-                for r in rec.get("rounds") or ():
-                    prior = before if before is not None else rec.get("initial") or ""
-                    if r.get("principle_id") == pid and len(shown) < samples:
-                        shown.append({"id": rec["id"], "round": r, "href": self.links.record(rec["id"]),
-                                      "diff": word_diff(prior, r.get("revision") or "")})
-                    before = r.get("revision") or ""
         return self.render("principle.html", pid=pid, stats=stats, reasons=reasons, flag_reasons=flag_reasons,
-                           shown=shown, records_href=self.links.list({"principle": pid}) if stats["records"] else None,
+                           shown=shown[:samples],
+                           records_href=self.links.list({"principle": pid}) if stats["records"] else None,
                            flagged_hrefs={f: self.links.list({"principle": pid, "flag": f}) for f in flag_reasons})
+
+
+def _keep(filters: dict, query: str) -> dict:
+    """The filters and the search, as links carry them."""
+    return {**filters, **({"q": query} if query else {})}
+
+
+def pages_of(entries: list) -> int:
+    return max(1, -(-len(entries) // PAGE))
+
+
+def rounds_with_diffs(rec: dict) -> list[dict]:
+    """Each round, with its revision as a word diff against the answer before it."""
+    out, before = [], rec.get("initial") or ""
+    for r in rec.get("rounds") or ():
+        out.append({**r, "diff": word_diff(before, r.get("revision") or "")})
+        before = r.get("revision") or ""
+    return out

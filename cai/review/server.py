@@ -77,7 +77,7 @@ class Session:
         except FileNotFoundError:
             seen = None
         if seen != self._seen:
-            self._decisions, self._seen = decisions.Review(decisions.read(self.run_dir)[0]).latest, seen
+            self._decisions, self._seen = decisions.Review.of(self.run_dir).latest, seen
         return self._decisions
 
     def decide(self, body: dict) -> dict:
